@@ -1,0 +1,285 @@
+//! The Llama forward pass, top to bottom:
+//!
+//! ```text
+//! ids -> embed_tokens -> [ RMSNorm -> attention (RoPE, GQA, causal) -> + residual
+//!                          RMSNorm -> SwiGLU MLP                     -> + residual ] x layers
+//!     -> final RMSNorm -> lm_head -> logits
+//! ```
+//!
+//! Each step names the line of transformers' `modeling_llama.py` it corresponds to.
+//! Shapes: b = batch, t = new tokens, s = all tokens so far (cache + new), c = hidden size,
+//! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
+
+use super::ops::{causal_mask, repeat_kv, rms_norm, rope, silu, softmax_last_dim, RopeTables};
+use super::weights::{LayerWeights, Weights};
+use crate::config::Config;
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device, Tensor};
+
+/// A Llama-family decoder with its weights loaded.
+pub struct Llama {
+    pub cfg: Config,
+    pub weights: Weights,
+    /// The dtype the forward pass computes in (f32 unless asked otherwise).
+    pub dtype: DType,
+    pub device: Device,
+    /// cos/sin tables for every position up to max_position_embeddings.
+    rope: RopeTables,
+}
+
+/// Keys and values of the tokens seen so far, per layer, so the next token costs one position of
+/// work instead of the whole prefix.
+#[derive(Debug, Clone, Default)]
+pub struct KvCache {
+    /// Per layer: keys (b, kv, s, d) and values (b, kv, s, d), after RoPE.
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    /// Number of positions cached.
+    len: usize,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of tokens already processed.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// What to record during a forward pass, and where it is put.
+#[derive(Debug, Default)]
+pub struct Capture {
+    /// Record the residual stream: the embeddings, then each layer's output.
+    pub hidden_states: bool,
+    /// Record each layer's attention probabilities.
+    pub attentions: bool,
+    /// (b, t, c) per entry: index 0 = embeddings, index i = output of layer i (before the final
+    /// norm). transformers' `output_hidden_states` is the same except that its last entry has the
+    /// final norm applied; that normed tensor is `final_norm`.
+    pub hidden: Vec<Tensor>,
+    /// (b, t, c): the final RMSNorm's output, the input to lm_head.
+    pub final_norm: Option<Tensor>,
+    /// (b, h, t, s) per layer: softmax(q k^T / sqrt(d) + mask).
+    pub attention: Vec<Tensor>,
+}
+
+impl Llama {
+    pub fn new(cfg: Config, weights: Weights, dtype: DType, device: Device) -> Result<Self> {
+        let rope = RopeTables::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            cfg.max_position_embeddings,
+            &device,
+        )?;
+        Ok(Llama {
+            cfg,
+            weights,
+            dtype,
+            device,
+            rope,
+        })
+    }
+
+    /// Runs the model on `ids` (b, t) and returns logits for every position, (b, t, v).
+    ///
+    /// With a cache, `ids` continue the cached tokens and the cache is extended; the logits equal
+    /// those of a full pass over all tokens. With a capture, intermediates are recorded into it.
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        mut capture: Option<&mut Capture>,
+    ) -> Result<Tensor> {
+        let (_b, t) = ids.dims2()?;
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        ensure!(t > 0, "the input has no tokens");
+        ensure!(
+            offset + t <= self.cfg.max_position_embeddings,
+            "{} tokens exceed the model's context of {} positions",
+            offset + t,
+            self.cfg.max_position_embeddings
+        );
+        let w = &self.weights;
+
+        // inputs_embeds = self.embed_tokens(input_ids)
+        let mut x = w.embed_tokens.embedding(&ids.flatten_all()?)?; // (b*t, c)
+        x = x.reshape((ids.dim(0)?, t, self.cfg.hidden_size))?; // (b, t, c)
+        if let Some(cap) = capture.as_deref_mut().filter(|c| c.hidden_states) {
+            cap.hidden.push(x.clone());
+        }
+
+        // position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        let (cos, sin) = self.rope.at(offset, t, self.dtype)?; // (t, d/2) each
+                                                               // causal_mask: only when more than one query, as transformers skips it for one token
+        let mask = (t > 1)
+            .then(|| causal_mask(t, offset, &self.device))
+            .transpose()?; // (t, s)
+        let mask = mask.map(|m| m.to_dtype(self.dtype)).transpose()?;
+
+        for (i, layer) in w.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| {
+                if c.layers.len() < w.layers.len() {
+                    c.layers.resize(w.layers.len(), None);
+                }
+                &mut c.layers[i]
+            });
+            let (out, probs) = self.decoder_layer(layer, &x, &cos, &sin, mask.as_ref(), kv)?;
+            x = out; // (b, t, c)
+            if let Some(cap) = capture.as_deref_mut() {
+                if cap.hidden_states {
+                    cap.hidden.push(x.clone());
+                }
+                if cap.attentions {
+                    cap.attention.push(probs);
+                }
+            }
+        }
+        if let Some(c) = cache {
+            c.len += t;
+        }
+
+        // hidden_states = self.norm(hidden_states)
+        let x = rms_norm(&x, &w.norm, self.cfg.rms_norm_eps)?; // (b, t, c)
+        if let Some(cap) = capture.filter(|c| c.hidden_states) {
+            cap.final_norm = Some(x.clone());
+        }
+        // logits = self.lm_head(hidden_states)
+        let logits = w.lm_head.forward(&x)?; // (b, t, v)
+        Ok(logits.to_dtype(DType::F32)?)
+    }
+
+    /// One LlamaDecoderLayer. Returns its output (b, t, c) and attention probabilities (b, h, t, s).
+    fn decoder_layer(
+        &self,
+        layer: &LayerWeights,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<(Tensor, Tensor)> {
+        let eps = self.cfg.rms_norm_eps;
+        // attention rmsnorm: hidden_states = self.input_layernorm(hidden_states)
+        let h = rms_norm(x, &layer.input_layernorm, eps)?; // (b, t, c)
+                                                           // hidden_states, attn_weights = self.self_attn(...)
+        let (attn, probs) = self.attention(layer, &h, cos, sin, mask, cache)?; // (b, t, c)
+                                                                               // residual connection: hidden_states = residual + hidden_states
+        let x = (x + attn)?; // (b, t, c)
+                             // ffn rmsnorm: hidden_states = self.post_attention_layernorm(hidden_states)
+        let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?; // (b, t, c)
+                                                                     // SwiGLU: down_proj(act_fn(gate_proj(x)) * up_proj(x))
+        let gate = silu(&layer.gate_proj.forward(&h)?)?; // (b, t, f)
+        let up = layer.up_proj.forward(&h)?; // (b, t, f)
+        let mlp = layer.down_proj.forward(&(gate * up)?)?; // (b, t, c)
+                                                           // residual connection
+        Ok(((x + mlp)?, probs))
+    }
+
+    /// LlamaAttention: grouped-query self-attention with rotary embeddings and a causal mask.
+    fn attention(
+        &self,
+        layer: &LayerWeights,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: Option<&mut Option<(Tensor, Tensor)>>,
+    ) -> Result<(Tensor, Tensor)> {
+        let cfg = &self.cfg;
+        let (b, t, _c) = x.dims3()?;
+        let (h, kv, d) = (
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+        );
+
+        // query_states = q_proj(x).view(b, t, h, d).transpose(1, 2), likewise k and v
+        let q = layer
+            .q_proj
+            .forward(x)?
+            .reshape((b, t, h, d))?
+            .transpose(1, 2)?; // (b, h, t, d)
+        let k = layer
+            .k_proj
+            .forward(x)?
+            .reshape((b, t, kv, d))?
+            .transpose(1, 2)?; // (b, kv, t, d)
+        let v = layer
+            .v_proj
+            .forward(x)?
+            .reshape((b, t, kv, d))?
+            .transpose(1, 2)?; // (b, kv, t, d)
+
+        // apply_rotary_pos_emb(q, k, cos, sin)
+        let q = rope(&q, cos, sin)?; // (b, h, t, d)
+        let k = rope(&k, cos, sin)?; // (b, kv, t, d)
+
+        // past_key_value.update(k, v): append to the cache
+        let (k, v) = match cache {
+            Some(slot) => {
+                let (k, v) = match slot.take() {
+                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+                    None => (k, v.contiguous()?),
+                };
+                *slot = Some((k.clone(), v.clone()));
+                (k, v) // (b, kv, s, d)
+            }
+            None => (k, v.contiguous()?),
+        };
+
+        // repeat_kv: each KV head serves h / kv query heads
+        let k = repeat_kv(&k, cfg.kv_groups())?.contiguous()?; // (b, h, s, d)
+        let v = repeat_kv(&v, cfg.kv_groups())?.contiguous()?; // (b, h, s, d)
+
+        // attn_weights = q @ k^T * scaling + causal_mask
+        let scale = 1.0 / (d as f64).sqrt();
+        let mut scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?; // (b, h, t, s)
+        if let Some(mask) = mask {
+            scores = scores.broadcast_add(mask)?;
+        }
+        // attn_weights = softmax(attn_weights, dim=-1, dtype=float32)
+        let probs = softmax_last_dim(&scores)?; // (b, h, t, s)
+                                                // attn_output = attn_weights @ v
+        let out = probs.matmul(&v)?; // (b, h, t, d)
+                                     // attn_output.transpose(1, 2).reshape(b, t, h * d); o_proj(attn_output)
+        let out = out.transpose(1, 2)?.reshape((b, t, h * d))?; // (b, t, h*d)
+        Ok((layer.o_proj.forward(&out)?, probs)) // (b, t, c)
+    }
+
+    /// Logits for a token sequence, (1, t, v) — the common case of one sequence, no cache.
+    pub fn logits(&self, ids: &[u32]) -> Result<Tensor> {
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // (1, t)
+        self.forward(&input, None, None)
+    }
+
+    /// Logits of the next token after the cached ones plus `ids`, (v), extending the cache.
+    pub fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // (1, t)
+        let logits = self.forward(&input, Some(cache), None)?; // (1, t, v)
+        Ok(logits.squeeze(0)?.get(ids.len() - 1)?) // (v)
+    }
+
+    /// The embedding row of each id, (n, c), in f32.
+    pub fn embeddings(&self, ids: &[u32]) -> Result<Tensor> {
+        let ids = Tensor::new(ids, &self.device)?;
+        Ok(self
+            .weights
+            .embed_tokens
+            .embedding(&ids)?
+            .to_dtype(DType::F32)?)
+    }
+}
+
+/// Softmax of a logit row in f64 (exact enough to print probabilities to many digits).
+pub fn softmax_f64(logits: &[f32]) -> Vec<f64> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let exps: Vec<f64> = logits.iter().map(|&l| (l as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}

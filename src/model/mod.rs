@@ -1,0 +1,66 @@
+//! The model: its weights, the operations it is made of, and the forward pass.
+
+pub mod forward;
+pub mod ops;
+pub mod weights;
+
+pub use forward::{softmax_f64, Capture, KvCache, Llama};
+
+use crate::config::Config;
+use crate::gguf::GgufFile;
+use crate::source::{ModelFiles, Resolved};
+use crate::tokenizer::Tokenizer;
+use anyhow::{ensure, Result};
+use candle_core::{DType, Device};
+use weights::{GgufSource, SafetensorsSource, Weights};
+
+/// A model ready to run: the network, its tokenizer and where they came from.
+pub struct LoadedModel {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    /// Where the weights came from, in words ("GGUF file models/...").
+    pub origin: String,
+}
+
+/// Loads config, tokenizer and weights from resolved files, computing in `dtype`.
+pub fn load(resolved: &Resolved, dtype: DType) -> Result<LoadedModel> {
+    let device = Device::Cpu;
+    let (cfg, tokenizer, weights) = match &resolved.files {
+        ModelFiles::Safetensors {
+            config,
+            tokenizer,
+            weights,
+        } => {
+            let cfg = Config::from_config_json(config)?;
+            let tokenizer = Tokenizer::from_file(tokenizer)?;
+            let source = SafetensorsSource::open(weights, &device)?;
+            let weights = Weights::load(&source, &cfg, dtype)?;
+            (cfg, tokenizer, weights)
+        }
+        ModelFiles::Gguf(path) => {
+            let gguf = GgufFile::open(path)?;
+            let cfg = Config::from_gguf(&gguf)?;
+            let tokenizer = Tokenizer::from_gguf(&gguf)?;
+            let source = GgufSource {
+                gguf: &gguf,
+                cfg: &cfg,
+                device: device.clone(),
+            };
+            let weights = Weights::load(&source, &cfg, dtype)
+                .map_err(|e| e.context(format!("invalid GGUF file {}", path.display())))?;
+            (cfg, tokenizer, weights)
+        }
+    };
+    ensure!(
+        tokenizer.vocab_size() <= cfg.vocab_size,
+        "the tokenizer has {} ids but the model's embedding matrix only {} rows",
+        tokenizer.vocab_size(),
+        cfg.vocab_size
+    );
+    let model = Llama::new(cfg, weights, dtype, device)?;
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        origin: resolved.origin.clone(),
+    })
+}

@@ -1,0 +1,218 @@
+//! The small operations a Llama layer is made of, each a few readable lines.
+//!
+//! Shapes use b = batch, t = tokens in this call, s = all tokens seen (cache + this call),
+//! h = query heads, kv = key/value heads, d = head_dim, c = hidden size.
+
+use candle_core::{DType, Device, Result, Tensor, D};
+
+/// `x @ w.T`, PyTorch's `nn.Linear` without bias. x: (b, t, in), w: (out, in) -> (b, t, out).
+pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
+    let (b, t, c_in) = x.dims3()?;
+    let c_out = w.dim(0)?;
+    x.reshape((b * t, c_in))? // (b*t, in)
+        .matmul(&w.t()?)? // (b*t, out)
+        .reshape((b, t, c_out))
+}
+
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, computed in f32 as transformers' LlamaRMSNorm
+/// does. x: (.., c), weight: (c).
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let dtype = x.dtype();
+    let x = x.to_dtype(DType::F32)?;
+    let variance = x.sqr()?.mean_keepdim(D::Minus1)?; // (.., 1)
+    let normed = x.broadcast_div(&(variance + eps)?.sqrt()?)?; // (.., c)
+    normed.to_dtype(dtype)?.broadcast_mul(weight)
+}
+
+/// SiLU (swish): `x * sigmoid(x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    candle_nn::ops::silu(x)
+}
+
+/// Softmax over the last dimension, in f32 like transformers' attention.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    let dtype = x.dtype();
+    candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
+/// Rotary position embedding tables, computed once per model.
+///
+/// For position p and frequency index i < d/2: angle = p * theta^(-2i/d). transformers'
+/// LlamaRotaryEmbedding computes `inv_freq` and the angles in f32; we do the same so cos and sin
+/// agree to the last bit.
+pub struct RopeTables {
+    /// cos(angle), (max_positions, d/2)
+    pub cos: Tensor,
+    /// sin(angle), (max_positions, d/2)
+    pub sin: Tensor,
+}
+
+impl RopeTables {
+    pub fn new(head_dim: usize, theta: f64, max_positions: usize, device: &Device) -> Result<Self> {
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 1.0 / (theta as f32).powf((2 * i) as f32 / head_dim as f32))
+            .collect();
+        let inv_freq = Tensor::new(inv_freq, device)?.unsqueeze(0)?; // (1, d/2)
+        let positions = Tensor::arange(0u32, max_positions as u32, device)?
+            .to_dtype(DType::F32)?
+            .unsqueeze(1)?; // (max_positions, 1)
+        let angles = positions.broadcast_mul(&inv_freq)?; // (max_positions, d/2)
+        Ok(RopeTables {
+            cos: angles.cos()?,
+            sin: angles.sin()?,
+        })
+    }
+
+    /// The rows for positions `offset..offset + t`, in the given dtype: ((t, d/2), (t, d/2)).
+    pub fn at(&self, offset: usize, t: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.cos.narrow(0, offset, t)?.to_dtype(dtype)?,
+            self.sin.narrow(0, offset, t)?.to_dtype(dtype)?,
+        ))
+    }
+}
+
+/// Applies rotary embeddings in transformers' "half-split" layout: dimension j is paired with
+/// j + d/2. x: (b, heads, t, d); cos, sin: (t, d/2).
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
+}
+
+/// The same as [`rope`], written as transformers writes it:
+/// `x * cat(cos, cos) + rotate_half(x) * cat(sin, sin)` with `rotate_half(x) = cat(-x2, x1)`.
+pub fn rope_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.dim(D::Minus1)? / 2;
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?; // (t, d)
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?; // (t, d)
+    let x1 = x.narrow(D::Minus1, 0, half)?; // (b, heads, t, d/2)
+    let x2 = x.narrow(D::Minus1, half, half)?; // (b, heads, t, d/2)
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?; // (b, heads, t, d)
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
+}
+
+/// Additive causal mask for t new queries after `offset` cached tokens: (t, offset + t), 0 where
+/// query i may look at key j (j <= offset + i) and -inf where it would see the future.
+pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
+    let s = offset + t;
+    let mask: Vec<f32> = (0..t)
+        .flat_map(|i| {
+            (0..s).map(move |j| {
+                if j <= offset + i {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (t, s), device)
+}
+
+/// Repeats each key/value head `groups` times so grouped-query attention can use one matmul per
+/// query head (transformers' `repeat_kv`). x: (b, kv, s, d) -> (b, kv * groups, s, d).
+pub fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
+    if groups == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, s, d) = x.dims4()?;
+    x.unsqueeze(2)? // (b, kv, 1, s, d)
+        .expand((b, kv, groups, s, d))? // (b, kv, groups, s, d)
+        .reshape((b, kv * groups, s, d))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &Tensor, b: &Tensor, tol: f32) {
+        let diff = (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap();
+        let diff = diff.to_scalar::<f32>().unwrap();
+        assert!(diff <= tol, "max difference {diff} > {tol}");
+    }
+
+    #[test]
+    fn rms_norm_by_hand() {
+        // x = [3, 4]: mean(x^2) = 12.5, rms = sqrt(12.5 + 0) = 3.5355; weight [1, 2].
+        let x = Tensor::new(&[[3f32, 4.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap();
+        let y = rms_norm(&x, &w, 0.0).unwrap().to_vec2::<f32>().unwrap();
+        assert!((y[0][0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6);
+        assert!((y[0][1] - 2.0 * 4.0 / 12.5f32.sqrt()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn silu_by_hand() {
+        // silu(0) = 0, silu(1) = 1 / (1 + e^-1) = 0.7310586
+        let x = Tensor::new(&[0f32, 1.], &Device::Cpu).unwrap();
+        let y = silu(&x).unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(y[0], 0.0);
+        assert!((y[1] - 0.731_058_6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_fast_equals_slow() {
+        let dev = Device::Cpu;
+        let tables = RopeTables::new(8, 10000.0, 16, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
+        let (cos, sin) = tables.at(4, 5, DType::F32).unwrap();
+        close(
+            &rope(&x, &cos, &sin).unwrap(),
+            &rope_slow(&x, &cos, &sin).unwrap(),
+            1e-6,
+        );
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_rotates_pairs() {
+        let dev = Device::Cpu;
+        let tables = RopeTables::new(4, 10000.0, 4, &dev).unwrap();
+        // Position 1, frequency 0 turns the pair (x0, x2) by 1 radian.
+        let x = Tensor::new(&[1f32, 0., 0., 0.], &dev)
+            .unwrap()
+            .reshape((1, 1, 1, 4))
+            .unwrap();
+        let (cos, sin) = tables.at(0, 1, DType::F32).unwrap();
+        close(&rope_slow(&x, &cos, &sin).unwrap(), &x, 0.0);
+        let (cos, sin) = tables.at(1, 1, DType::F32).unwrap();
+        let y = rope_slow(&x, &cos, &sin)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[2] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn causal_mask_hides_the_future() {
+        let m = causal_mask(2, 1, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        // Query 0 is position 1: sees keys 0, 1. Query 1 is position 2: sees all three.
+        assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn repeat_kv_repeats_each_head_in_place() {
+        let x = Tensor::new(&[1f32, 2.], &Device::Cpu)
+            .unwrap()
+            .reshape((1, 2, 1, 1))
+            .unwrap();
+        let y = repeat_kv(&x, 2)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        assert_eq!(y, vec![1.0, 1.0, 2.0, 2.0]); // head 0 serves queries 0-1, head 1 queries 2-3
+    }
+}

@@ -1,0 +1,112 @@
+//! A tiny HTTP server that serves a model directory in the Hugging Face Hub's URL layout:
+//! `GET /{repo_id}/resolve/{revision}/{file}` with the headers hf-hub reads (`x-repo-commit`,
+//! `etag`, `content-range` for range requests). Files it does not have answer 404.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+
+/// The commit hash the server reports for every file.
+pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+pub struct HubServer {
+    pub endpoint: String,
+    /// Number of requests answered so far.
+    pub requests: Arc<AtomicUsize>,
+}
+
+impl HubServer {
+    /// Serves `dir` as repo `repo_id` at revision `main` on a free loopback port.
+    pub fn start(repo_id: &str, dir: PathBuf) -> HubServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let prefix = format!("/{repo_id}/resolve/main/");
+        let counter = requests.clone();
+        thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = answer(stream, &prefix, &dir);
+            }
+        });
+        HubServer { endpoint, requests }
+    }
+}
+
+fn answer(mut stream: TcpStream, prefix: &str, dir: &std::path::Path) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let path = request_line
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("")
+        .to_string();
+    let mut range = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = line.split_once(':') {
+            if name.eq_ignore_ascii_case("range") {
+                range = parse_range(value.trim());
+            }
+        }
+    }
+    let file = path
+        .strip_prefix(prefix)
+        .filter(|f| !f.contains(".."))
+        .map(|f| dir.join(f))
+        .filter(|p| p.is_file());
+    let Some(file) = file else {
+        let body = b"Entry not found";
+        write!(
+            stream,
+            "HTTP/1.1 404 Not Found\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )?;
+        return stream.write_all(body);
+    };
+    let data = std::fs::read(&file)?;
+    let etag = format!("{:016x}", fnv1a(&data));
+    let size = data.len();
+    let (status, body, content_range) = match range {
+        Some((start, end)) if start < size => {
+            let end = end.unwrap_or(size - 1).min(size - 1);
+            (
+                "206 Partial Content",
+                &data[start..=end],
+                Some(format!("bytes {start}-{end}/{size}")),
+            )
+        }
+        _ => ("200 OK", &data[..], None),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n",
+        body.len()
+    )?;
+    write!(stream, "x-repo-commit: {COMMIT}\r\netag: \"{etag}\"\r\n")?;
+    if let Some(cr) = content_range {
+        write!(stream, "Content-Range: {cr}\r\n")?;
+    }
+    write!(stream, "Connection: close\r\n\r\n")?;
+    stream.write_all(body)
+}
+
+/// `bytes=START-` or `bytes=START-END`.
+fn parse_range(value: &str) -> Option<(usize, Option<usize>)> {
+    let spec = value.strip_prefix("bytes=")?;
+    let (start, end) = spec.split_once('-')?;
+    Some((start.parse().ok()?, end.parse().ok()))
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}

@@ -1,0 +1,81 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+/// A path inside the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// The tiny random Llama fixture (config.json, tokenizer.json, model.safetensors).
+pub fn tiny_dir() -> PathBuf {
+    repo_path("fixtures/tiny-llama")
+}
+
+/// The real SmolLM2-135M-Instruct Q4_1 GGUF. Missing is a failure, never a skip: run
+/// scripts/fetch-model.sh (scripts/test.sh does).
+pub fn real_model() -> PathBuf {
+    let path = repo_path("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        path.is_file(),
+        "the real model {} is missing: run scripts/fetch-model.sh (scripts/test.sh does it for you)",
+        path.display()
+    );
+    path
+}
+
+/// Reads a JSON fixture.
+pub fn json(rel: &str) -> serde_json::Value {
+    let path = repo_path(rel);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read fixture {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("invalid JSON in {}: {e}", path.display()))
+}
+
+/// The lmscope binary with a clean environment (no LMSCOPE_MODEL, no HF variables).
+pub fn lmscope() -> assert_cmd::Command {
+    let mut cmd = assert_cmd::Command::cargo_bin("lmscope").expect("the lmscope binary is built");
+    for var in [
+        "LMSCOPE_MODEL",
+        "HF_HOME",
+        "HF_HUB_CACHE",
+        "HF_ENDPOINT",
+        "HF_HUB_OFFLINE",
+        "HF_TOKEN",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs lmscope with `args`, expects success, and parses its stdout as JSON.
+pub fn lmscope_json(args: &[&str]) -> serde_json::Value {
+    let out = lmscope()
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("lmscope runs");
+    assert!(
+        out.status.success(),
+        "lmscope {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON document")
+}
+
+/// Runs lmscope with `args`, expects failure, and returns stderr.
+pub fn lmscope_err(args: &[&str]) -> String {
+    let out = lmscope().args(args).output().expect("lmscope runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success(),
+        "lmscope {args:?} succeeded but should fail"
+    );
+    assert!(
+        !stderr.contains("panicked"),
+        "lmscope {args:?} panicked: {stderr}"
+    );
+    stderr
+}
