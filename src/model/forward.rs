@@ -10,7 +10,9 @@
 //! Shapes: b = batch, t = new tokens, s = all tokens so far (cache + new), c = hidden size,
 //! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
 
-use super::ops::{causal_mask, repeat_kv, rms_norm, rope, silu, softmax_last_dim, RopeTables};
+use super::ops::{
+    causal_mask, matmul, repeat_kv, rms_norm, rope, silu, softmax_last_dim, RopeTables,
+};
 use super::weights::{LayerWeights, Weights};
 use crate::config::Config;
 use anyhow::{ensure, Result};
@@ -239,15 +241,15 @@ impl Llama {
 
         // attn_weights = q @ k^T * scaling + causal_mask
         let scale = 1.0 / (d as f64).sqrt();
-        let mut scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?; // (b, h, t, s)
+        let mut scores = (matmul(&q.contiguous()?, &k.t()?)? * scale)?; // (b, h, t, s)
         if let Some(mask) = mask {
             scores = scores.broadcast_add(mask)?;
         }
         // attn_weights = softmax(attn_weights, dim=-1, dtype=float32)
         let probs = softmax_last_dim(&scores)?; // (b, h, t, s)
                                                 // attn_output = attn_weights @ v
-        let out = probs.matmul(&v)?; // (b, h, t, d)
-                                     // attn_output.transpose(1, 2).reshape(b, t, h * d); o_proj(attn_output)
+        let out = matmul(&probs, &v)?; // (b, h, t, d)
+                                       // attn_output.transpose(1, 2).reshape(b, t, h * d); o_proj(attn_output)
         let out = out.transpose(1, 2)?.reshape((b, t, h * d))?; // (b, t, h*d)
         Ok((layer.o_proj.forward(&out)?, probs)) // (b, t, c)
     }

@@ -9,9 +9,18 @@ use candle_core::{DType, Device, Result, Tensor, D};
 pub fn linear(x: &Tensor, w: &Tensor) -> Result<Tensor> {
     let (b, t, c_in) = x.dims3()?;
     let c_out = w.dim(0)?;
-    x.reshape((b * t, c_in))? // (b*t, in)
-        .matmul(&w.t()?)? // (b*t, out)
-        .reshape((b, t, c_out))
+    let x = x.reshape((b * t, c_in))?; // (b*t, in)
+    matmul(&x, &w.t()?)?.reshape((b, t, c_out)) // (b, t, out)
+}
+
+/// Matrix product. candle has no bf16 matmul on the CPU, so bf16 operands are multiplied the way
+/// PyTorch's CPU kernel does it: products summed in f32, the result rounded to bf16.
+pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    if a.dtype() == DType::BF16 {
+        let product = a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?;
+        return product.to_dtype(DType::BF16);
+    }
+    a.matmul(b)
 }
 
 /// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, computed in f32 as transformers' LlamaRMSNorm

@@ -1,0 +1,182 @@
+//! The forward pass against Hugging Face transformers on the tiny random Llama in fixtures/
+//! (fixtures/make_tiny.py made both the model and the reference numbers).
+
+mod common;
+
+use candle_core::{DType, Tensor};
+use common::{json, repo_path, tiny_dir};
+use lmscope::model::{self, Capture, KvCache, LoadedModel};
+use lmscope::source::ModelSpec;
+use serde_json::Value;
+
+fn load(path: &std::path::Path, dtype: DType) -> LoadedModel {
+    let spec = ModelSpec::parse(path.to_str().unwrap(), None).unwrap();
+    model::load(&spec.resolve().unwrap(), dtype).unwrap()
+}
+
+fn floats(v: &Value) -> Vec<f32> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(floats).collect(),
+        Value::Number(n) => vec![n.as_f64().unwrap() as f32],
+        other => panic!("not a number: {other}"),
+    }
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "different sizes");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn flat(t: &Tensor) -> Vec<f32> {
+    t.flatten_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
+}
+
+#[test]
+fn safetensors_logits_match_transformers_at_every_position() {
+    let m = load(&tiny_dir(), DType::F32);
+    let reference = json("fixtures/tiny-llama/reference.json");
+    for case in reference["cases"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let expected_ids = ids(&case["ids"]);
+        assert_eq!(
+            m.tokenizer.encode_ids(text).unwrap(),
+            expected_ids,
+            "ids of {text:?}"
+        );
+        let logits = m.model.logits(&expected_ids).unwrap();
+        let d = max_diff(&flat(&logits), &floats(&case["logits"]));
+        assert!(d <= 1e-4, "{text:?}: max |logit difference| {d} > 1e-4");
+    }
+}
+
+#[test]
+fn captured_hidden_states_and_attentions_match_transformers() {
+    let m = load(&tiny_dir(), DType::F32);
+    let reference = json("fixtures/tiny-llama/reference.json");
+    let layers = m.model.cfg.num_hidden_layers;
+    for case in reference["cases"].as_array().unwrap() {
+        let input = Tensor::new(ids(&case["ids"]), &m.model.device)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let mut cap = Capture {
+            hidden_states: true,
+            attentions: true,
+            ..Default::default()
+        };
+        m.model.forward(&input, None, Some(&mut cap)).unwrap();
+        let hidden = case["hidden_states"].as_array().unwrap();
+        assert_eq!(hidden.len(), layers + 1);
+        assert_eq!(cap.hidden.len(), layers + 1);
+        // transformers' entries 0..layers are the embeddings and layer outputs; its last entry
+        // has the final norm applied (our final_norm), the raw last layer output is recorded apart.
+        for (i, h) in hidden.iter().enumerate().take(layers) {
+            let d = max_diff(&flat(&cap.hidden[i]), &floats(h));
+            assert!(d <= 1e-4, "hidden state {i}: {d}");
+        }
+        let d = max_diff(
+            &flat(cap.final_norm.as_ref().unwrap()),
+            &floats(&hidden[layers]),
+        );
+        assert!(d <= 1e-4, "final norm: {d}");
+        let d = max_diff(
+            &flat(&cap.hidden[layers]),
+            &floats(&case["last_layer_output_pre_norm"]),
+        );
+        assert!(d <= 1e-4, "last layer output: {d}");
+        for (i, a) in case["attentions"].as_array().unwrap().iter().enumerate() {
+            let d = max_diff(&flat(&cap.attention[i]), &floats(a));
+            assert!(d <= 1e-5, "attention probabilities of layer {i}: {d}");
+        }
+    }
+}
+
+#[test]
+fn gguf_files_match_transformers_loading_them() {
+    let reference = json("fixtures/tiny-llama-gguf-reference.json");
+    for (file, r) in reference["files"].as_object().unwrap() {
+        let m = load(&repo_path(&format!("fixtures/{file}")), DType::F32);
+        for case in r["cases"].as_array().unwrap() {
+            let text = case["text"].as_str().unwrap();
+            let expected_ids = ids(&case["ids"]);
+            assert_eq!(
+                m.tokenizer.encode_ids(text).unwrap(),
+                expected_ids,
+                "{file}: {text:?}"
+            );
+            let logits = m.model.logits(&expected_ids).unwrap();
+            let d = max_diff(&flat(&logits), &floats(&case["logits"]));
+            assert!(
+                d <= 1e-4,
+                "{file} {text:?}: max |logit difference| {d} > 1e-4"
+            );
+        }
+    }
+}
+
+#[test]
+fn kv_cache_logits_equal_full_pass_logits() {
+    let m = load(&tiny_dir(), DType::F32);
+    let ids = m
+        .tokenizer
+        .encode_ids("Hello, world! 123 The capital of Finland is")
+        .unwrap();
+    let full = m.model.logits(&ids).unwrap().squeeze(0).unwrap(); // (n, v)
+                                                                  // Prefill 3 tokens, then one token at a time.
+    let mut cache = KvCache::new();
+    let mut rows = vec![m
+        .model
+        .forward(
+            &Tensor::new(&ids[..3], &m.model.device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            Some(&mut cache),
+            None,
+        )
+        .unwrap()
+        .squeeze(0)
+        .unwrap()];
+    for &id in &ids[3..] {
+        let step = m.model.forward(
+            &Tensor::new(&[id], &m.model.device)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+            Some(&mut cache),
+            None,
+        );
+        rows.push(step.unwrap().squeeze(0).unwrap());
+    }
+    assert_eq!(cache.len(), ids.len());
+    let incremental = Tensor::cat(&rows, 0).unwrap();
+    let d = max_diff(&flat(&incremental), &flat(&full));
+    assert!(d <= 1e-5, "cached vs full: {d}");
+}
+
+#[test]
+fn half_precision_dtypes_run_close_to_f32() {
+    let ids = [277u32, 308, 279, 446, 275];
+    let f32_logits = flat(&load(&tiny_dir(), DType::F32).model.logits(&ids).unwrap());
+    for dtype in [DType::BF16, DType::F16] {
+        let m = load(&tiny_dir(), dtype);
+        let d = max_diff(&flat(&m.model.logits(&ids).unwrap()), &f32_logits);
+        assert!(d < 0.1, "{dtype:?} differs from f32 by {d}");
+    }
+}
