@@ -53,12 +53,22 @@ pub enum Command {
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
     Logits(LogitsArgs),
+    /// The greedy next token (argmax of the last logits), optionally for several steps
+    Argmax(ArgmaxArgs),
+    /// Show the embedding matrix and the embedding vectors of words
+    Embed(EmbedArgs),
+    /// Cosine similarity of words' input embeddings
+    Similarity(SimilarityArgs),
+    /// The architecture like print(model), the config and parameter counts
+    Model,
+    /// Continue a text, token by token (greedy, or sampled with --sample)
+    Generate(GenerateArgs),
 }
 
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
     /// The text to tokenize
-    #[arg(required_unless_present = "ids", allow_hyphen_values = true)]
+    #[arg(required_unless_present = "ids")]
     pub text: Option<String>,
 
     /// Go the other way: comma-separated token ids to show and decode (e.g. 504,3575,282)
@@ -74,7 +84,6 @@ pub struct TokenizeArgs {
 #[derive(Debug, Args)]
 pub struct LogitsArgs {
     /// The prompt to run the model on
-    #[arg(allow_hyphen_values = true)]
     pub text: String,
 
     /// How many of the most likely next tokens to list
@@ -88,4 +97,128 @@ pub struct LogitsArgs {
     /// Include the whole logit row of that position (vocab floats) in the JSON output
     #[arg(long)]
     pub full: bool,
+
+    /// Also show the probabilities after dividing the logits by this temperature
+    #[arg(long, allow_negative_numbers = true, value_name = "T")]
+    pub temperature: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+pub struct ArgmaxArgs {
+    /// The prompt
+    pub text: String,
+
+    /// How many tokens to predict, appending each and running again (with the KV cache)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub steps: usize,
+}
+
+/// How a word that is several tokens is turned into one vector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PoolArg {
+    /// Refuse words that are more than one token (like the notebook's assert)
+    Single,
+    /// Average the vectors of the word's tokens
+    Mean,
+}
+
+#[derive(Debug, Args)]
+pub struct WordArgs {
+    /// Look words up exactly as given, without the leading space the notebook's get_id adds
+    #[arg(long)]
+    pub exact: bool,
+
+    /// What to do with a word that is several tokens
+    #[arg(long, value_enum, default_value_t = PoolArg::Single)]
+    pub pool: PoolArg,
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedArgs {
+    /// Words to look up (each as " word", as the notebook's get_id does)
+    #[arg(required = true)]
+    pub words: Vec<String>,
+
+    /// How many leading values of each vector to show: a number, or "all"
+    #[arg(long, default_value = "10", value_parser = parse_dims, value_name = "N|all")]
+    pub dims: Dims,
+
+    #[command(flatten)]
+    pub lookup: WordArgs,
+}
+
+/// `--dims N` or `--dims all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dims {
+    First(usize),
+    All,
+}
+
+fn parse_dims(s: &str) -> Result<Dims, String> {
+    if s == "all" {
+        return Ok(Dims::All);
+    }
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(Dims::First(n)),
+        Err(_) => Err(format!("expected a number or \"all\", got {s:?}")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct SimilarityArgs {
+    /// Two or more words to compare
+    #[arg(required = true, num_args = 2..)]
+    pub words: Vec<String>,
+
+    #[command(flatten)]
+    pub lookup: WordArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// The prompt to continue
+    pub text: String,
+
+    /// The most tokens to add
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    pub max_new_tokens: usize,
+
+    /// Sample the next token instead of always taking the most likely one
+    #[arg(long)]
+    pub sample: bool,
+
+    /// Sampling temperature (below 1 sharpens, above 1 flattens the distribution)
+    #[arg(
+        long,
+        requires = "sample",
+        allow_negative_numbers = true,
+        value_name = "T"
+    )]
+    pub temperature: Option<f64>,
+
+    /// Sample only among the K most likely tokens
+    #[arg(long, requires = "sample", value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Sample only among the most likely tokens whose probabilities add up to P
+    #[arg(
+        long,
+        requires = "sample",
+        allow_negative_numbers = true,
+        value_name = "P"
+    )]
+    pub top_p: Option<f64>,
+
+    /// Random seed: the same seed gives the same text (default: chosen from the clock and shown)
+    #[arg(long, requires = "sample", value_name = "SEED")]
+    pub seed: Option<u64>,
+
+    /// For each new token, print its probability and the runner-up
+    #[arg(long)]
+    pub show_steps: bool,
+
+    /// Keep going past end-of-sequence tokens
+    #[arg(long)]
+    pub ignore_eos: bool,
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod gguf;
 pub mod model;
 pub mod report;
+pub mod sampling;
 pub mod source;
 pub mod stages;
 pub mod tokenizer;

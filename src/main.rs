@@ -2,10 +2,11 @@
 
 use anyhow::Result;
 use clap::Parser;
-use lmscope::cli::{Cli, Command, Dtype, GlobalArgs};
+use lmscope::cli::{Cli, Command, Dims, Dtype, GlobalArgs, PoolArg, WordArgs};
 use lmscope::report::{self, Format};
+use lmscope::sampling::Strategy;
 use lmscope::source::ModelSpec;
-use lmscope::stages::{logits, tokenize};
+use lmscope::stages::{embed, generate, logits, model_info, similarity, tokenize};
 use lmscope::tokenizer::Tokenizer;
 use lmscope::{model, source};
 use std::process::ExitCode;
@@ -52,11 +53,86 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 top_k: args.top_k,
                 position: args.position,
                 full: args.full,
+                temperature: args.temperature,
             };
             report::logits(format, &logits::run(&m, &req)?)?;
         }
+        Command::Argmax(args) => {
+            let m = load_model(g)?;
+            report::argmax(format, &generate::argmax_steps(&m, &args.text, args.steps)?)?;
+        }
+        Command::Embed(args) => {
+            let m = load_model(g)?;
+            let req = embed::EmbedRequest {
+                words: &args.words,
+                exact: args.lookup.exact,
+                pool: pool(&args.lookup),
+                dims: match args.dims {
+                    Dims::All => None,
+                    Dims::First(n) => Some(n),
+                },
+            };
+            report::embed(format, &embed::run(&m, &req)?)?;
+        }
+        Command::Similarity(args) => {
+            let m = load_model(g)?;
+            let r = similarity::run(&m, &args.words, args.lookup.exact, pool(&args.lookup))?;
+            report::similarity(format, &r)?;
+        }
+        Command::Model => {
+            let m = load_model(g)?;
+            report::model(format, &model_info::run(&m)?)?;
+        }
+        Command::Generate(args) => {
+            let m = load_model(g)?;
+            let strategy = if args.sample {
+                Strategy::Sample {
+                    temperature: args.temperature.unwrap_or(1.0),
+                    top_k: args.top_k,
+                    top_p: args.top_p,
+                    seed: args.seed.unwrap_or_else(clock_seed),
+                }
+            } else {
+                Strategy::Greedy
+            };
+            let req = generate::GenerateRequest {
+                text: &args.text,
+                max_new_tokens: args.max_new_tokens,
+                strategy,
+                stop_at_eos: !args.ignore_eos,
+            };
+            match format {
+                Format::Json => report::generate(&generate::run(&m, &req, &mut |_| Ok(()))?)?,
+                Format::Human => {
+                    // Validate before the prompt is printed, so an error is not mixed into text.
+                    req.strategy.validate(m.model.cfg.vocab_size)?;
+                    anyhow::ensure!(
+                        !args.text.is_empty(),
+                        "the text is empty: give a prompt to continue"
+                    );
+                    let mut stream = report::TextStream::start(&args.text)?;
+                    let r = generate::run(&m, &req, &mut |step| stream.push(step))?;
+                    stream.finish(&r, args.show_steps)?;
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn pool(args: &WordArgs) -> embed::Pool {
+    match args.pool {
+        PoolArg::Single => embed::Pool::Single,
+        PoolArg::Mean => embed::Pool::Mean,
+    }
+}
+
+/// A seed for --sample without --seed; printed with the output so the run can be repeated.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn resolve(g: &GlobalArgs) -> Result<source::Resolved> {

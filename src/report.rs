@@ -1,6 +1,10 @@
 //! The one place that writes to stdout: tables (comfy-table) for people, JSON for programs.
 
+use crate::stages::embed::EmbedReport;
+use crate::stages::generate::{ArgmaxReport, GenerateReport, Step};
 use crate::stages::logits::LogitsReport;
+use crate::stages::model_info::ModelReport;
+use crate::stages::similarity::SimilarityReport;
 use crate::stages::tokenize::TokenizeReport;
 use anyhow::Result;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
@@ -47,6 +51,20 @@ pub fn visible(text: &str) -> String {
     format!("{text:?}")
 }
 
+/// Like [`visible`], for the exact bytes of a token: bytes that are not (yet) a whole UTF-8
+/// character, as when a token holds half of an emoji, show as `\xF0`.
+pub fn visible_bytes(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for chunk in bytes.utf8_chunks() {
+        let valid = format!("{:?}", chunk.valid());
+        out += &valid[1..valid.len() - 1];
+        for b in chunk.invalid() {
+            out += &format!("\\x{b:02X}");
+        }
+    }
+    out + "\""
+}
+
 /// One line explaining GPT-2's `Ġ` convention, shown when a token uses it.
 const G_NOTE: &str =
     "note: Ġ in a token stands for a space (byte-level BPE maps bytes to printable characters; Ċ is a newline)";
@@ -73,7 +91,7 @@ pub fn tokenize(format: Format, r: &TokenizeReport) -> Result<()> {
                 i.to_string(),
                 tok.id.to_string(),
                 token,
-                visible(&tok.text),
+                visible_bytes(&tok.bytes),
                 span,
             ]);
         }
@@ -118,9 +136,14 @@ pub fn logits(format: Format, r: &LogitsReport) -> Result<()> {
             r.position,
             visible(&r.position_token)
         );
-        let mut t = table(&["rank", "id", "token", "text", "logit", "prob", "log-prob"]);
+        let mut header = vec!["rank", "id", "token", "text", "logit", "prob", "log-prob"];
+        let t_header = r.temperature.map(|t| format!("prob at T={t}"));
+        if let Some(h) = &t_header {
+            header.push(h);
+        }
+        let mut t = table(&header);
         for x in &r.top {
-            t.add_row(vec![
+            let mut row = vec![
                 x.rank.to_string(),
                 x.id.to_string(),
                 x.token.clone(),
@@ -128,13 +151,272 @@ pub fn logits(format: Format, r: &LogitsReport) -> Result<()> {
                 format!("{:.4}", x.logit),
                 format!("{:.4}", x.prob),
                 format!("{:.4}", x.logprob),
-            ]);
+            ];
+            if let Some(p) = x.prob_at_temperature {
+                row.push(format!("{p:.4}"));
+            }
+            t.add_row(row);
         }
-        right(&mut t, &[0, 1, 4, 5, 6]);
+        right(&mut t, &[0, 1, 4, 5, 6, 7]);
         s += &format!("{t}\n");
         if uses_g(r.top.iter().map(|t| &t.token)) {
             s += G_NOTE;
         }
         s
     })
+}
+
+pub fn argmax(format: Format, r: &ArgmaxReport) -> Result<()> {
+    emit(format, r, || {
+        let mut s = format!(
+            "argmax: id {} = {} ({}), probability {:.4}\n",
+            r.id,
+            r.token,
+            visible(&r.steps[0].text),
+            r.prob
+        );
+        if r.steps.len() > 1 {
+            s += &steps_table(&r.steps);
+            s.push('\n');
+        }
+        s += &format!("text: {}\n", r.text);
+        if uses_g(r.steps.iter().map(|t| &t.token)) {
+            s += G_NOTE;
+        }
+        s
+    })
+}
+
+/// One row per generated token: what was chosen, how likely, and the best alternative.
+fn steps_table(steps: &[Step]) -> String {
+    let mut t = table(&["step", "id", "token", "text", "prob", "runner-up", "prob "]);
+    for (i, st) in steps.iter().enumerate() {
+        t.add_row(vec![
+            (i + 1).to_string(),
+            st.id.to_string(),
+            st.token.clone(),
+            visible_bytes(&st.bytes),
+            format!("{:.4}", st.prob),
+            st.runner_up_token.clone(),
+            format!("{:.4}", st.runner_up_prob),
+        ]);
+    }
+    right(&mut t, &[0, 1, 4, 6]);
+    t.to_string()
+}
+
+pub fn embed(format: Format, r: &EmbedReport) -> Result<()> {
+    emit(format, r, || {
+        let mut s = format!(
+            "embedding matrix: [{}, {}]  (vocabulary, hidden size)\n",
+            r.shape[0], r.shape[1]
+        );
+        if r.leading_space {
+            s += "words are looked up after a space (\" dog\"), as the notebook's get_id does; --exact turns this off\n";
+        }
+        let mut t = table(&[
+            "word",
+            "ids",
+            "tokens",
+            "norm",
+            &format!("first {} values", r.dims),
+        ]);
+        for w in &r.words {
+            let values: Vec<String> = w.vector.iter().map(|v| format!("{v:.4}")).collect();
+            let pooled = if w.pooled { " (mean)" } else { "" };
+            t.add_row(vec![
+                w.lookup.word.clone(),
+                format!("{:?}", w.lookup.ids),
+                format!("{}{pooled}", w.lookup.tokens.join(" ")),
+                format!("{:.4}", w.norm),
+                values.join(", "),
+            ]);
+        }
+        t.set_content_arrangement(ContentArrangement::Dynamic);
+        s += &format!("{t}\n");
+        s
+    })
+}
+
+pub fn similarity(format: Format, r: &SimilarityReport) -> Result<()> {
+    emit(format, r, || {
+        let mut s = String::from(
+            "cosine similarity of input embeddings (1 = same direction, 0 = unrelated)\n",
+        );
+        if r.words.len() == 2 {
+            let mut t = table(&["a", "b", "cosine"]);
+            for p in &r.pairs {
+                t.add_row(vec![p.a.clone(), p.b.clone(), format!("{:.6}", p.cosine)]);
+            }
+            right(&mut t, &[2]);
+            s += &format!("{t}\n");
+        } else {
+            let mut header = vec![String::new()];
+            header.extend(r.words.iter().map(|w| w.word.clone()));
+            let header: Vec<&str> = header.iter().map(String::as_str).collect();
+            let mut t = table(&header);
+            for (w, row) in r.words.iter().zip(&r.matrix) {
+                let mut cells = vec![w.word.clone()];
+                cells.extend(row.iter().map(|c| format!("{c:.4}")));
+                t.add_row(cells);
+            }
+            right(&mut t, &(1..=r.words.len()).collect::<Vec<_>>());
+            s += &format!("{t}\n");
+        }
+        let looked: Vec<String> = r
+            .words
+            .iter()
+            .map(|w| format!("{} = {:?} {:?}", visible(&w.looked_up), w.tokens, w.ids))
+            .collect();
+        s += &format!("tokens: {}\n", looked.join(", "));
+        s
+    })
+}
+
+pub fn model(format: Format, r: &ModelReport) -> Result<()> {
+    emit(format, r, || {
+        let c = &r.config;
+        let p = &r.parameters;
+        let mut s = format!("{}\n\n", r.tree);
+        let mut t = table(&["config", "value"]);
+        let rows: Vec<(&str, String)> = vec![
+            ("architecture", c.architecture.clone()),
+            ("vocab_size", c.vocab_size.to_string()),
+            ("hidden_size", c.hidden_size.to_string()),
+            ("intermediate_size", c.intermediate_size.to_string()),
+            ("num_hidden_layers", c.num_hidden_layers.to_string()),
+            ("num_attention_heads", c.num_attention_heads.to_string()),
+            ("num_key_value_heads", c.num_key_value_heads.to_string()),
+            ("head_dim", c.head_dim.to_string()),
+            (
+                "max_position_embeddings",
+                c.max_position_embeddings.to_string(),
+            ),
+            (
+                "rms_norm_eps",
+                crate::stages::model_info::python_float(c.rms_norm_eps),
+            ),
+            (
+                "rope_theta",
+                crate::stages::model_info::python_float(c.rope_theta),
+            ),
+            ("tie_word_embeddings", c.tie_word_embeddings.to_string()),
+            (
+                "bos_token_id",
+                c.bos_token_id.map_or("none".into(), |v| v.to_string()),
+            ),
+            ("eos_token_ids", format!("{:?}", c.eos_token_ids)),
+            (
+                "stored dtype",
+                c.stored_dtype.clone().unwrap_or_else(|| "unknown".into()),
+            ),
+            ("compute dtype", r.dtype.clone()),
+        ];
+        for (k, v) in rows {
+            t.add_row(vec![k.to_string(), v]);
+        }
+        s += &format!("{t}\n\n");
+        let mut t = table(&["parameters", "count"]);
+        let n = c.num_hidden_layers;
+        let head = if p.tied {
+            "0 (tied to embed_tokens)".to_string()
+        } else {
+            group(p.lm_head)
+        };
+        let rows: Vec<(String, String)> = vec![
+            ("embed_tokens".into(), group(p.embed_tokens)),
+            (
+                "attention per layer (q, k, v, o)".into(),
+                group(p.attention_per_layer),
+            ),
+            (
+                "mlp per layer (gate, up, down)".into(),
+                group(p.mlp_per_layer),
+            ),
+            ("norms per layer".into(), group(p.norms_per_layer)),
+            (format!("all {n} layers"), group(p.layers)),
+            ("final norm".into(), group(p.norm)),
+            ("lm_head".into(), head),
+            ("total".into(), group(p.total)),
+        ];
+        for (k, v) in rows {
+            t.add_row(vec![k, v]);
+        }
+        right(&mut t, &[1]);
+        s += &format!("{t}\n");
+        s += &format!("weights: {}\n", r.origin);
+        s
+    })
+}
+
+/// 134515008 -> "134,515,008"
+fn group(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// Prints generated text as it is produced, holding back bytes until they form whole UTF-8
+/// characters (a token can end in the middle of one).
+pub struct TextStream {
+    pending: Vec<u8>,
+}
+
+impl TextStream {
+    /// Starts the stream with the prompt.
+    pub fn start(prompt: &str) -> Result<Self> {
+        let mut out = std::io::stdout().lock();
+        write!(out, "{prompt}")?;
+        out.flush()?;
+        Ok(TextStream {
+            pending: Vec::new(),
+        })
+    }
+
+    pub fn push(&mut self, step: &Step) -> Result<()> {
+        self.pending.extend_from_slice(&step.bytes);
+        let valid = match std::str::from_utf8(&self.pending) {
+            Ok(s) => s.len(),
+            // An incomplete character at the end waits for the next token; garbage does not.
+            Err(e) if e.error_len().is_none() => e.valid_up_to(),
+            Err(_) => self.pending.len(),
+        };
+        let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+        self.pending.drain(..valid);
+        let mut out = std::io::stdout().lock();
+        write!(out, "{text}")?;
+        out.flush()?;
+        Ok(())
+    }
+
+    /// Ends the stream line and prints the summary (and the steps table when asked).
+    pub fn finish(self, r: &GenerateReport, show_steps: bool) -> Result<()> {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{}", String::from_utf8_lossy(&self.pending))?;
+        let mut summary = format!(
+            "\n[{} new tokens, {}, stopped at {}",
+            r.new_ids.len(),
+            r.strategy,
+            r.stopped.replace('_', "-")
+        );
+        if let Some(seed) = r.seed {
+            summary += &format!(", seed {seed}");
+        }
+        writeln!(out, "{summary}]")?;
+        if show_steps {
+            writeln!(out, "{}", steps_table(&r.steps))?;
+        }
+        out.flush()?;
+        Ok(())
+    }
+}
+
+pub fn generate(r: &GenerateReport) -> Result<()> {
+    emit(Format::Json, r, String::new)
 }

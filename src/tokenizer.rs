@@ -27,7 +27,6 @@ pub struct Token {
     /// character shows U+FFFD here; `bytes` has its exact bytes.
     pub text: String,
     /// The exact bytes this token decodes to.
-    #[serde(skip)]
     pub bytes: Vec<u8>,
     /// Byte offsets of the token in the input text (`start..end`).
     pub start: usize,

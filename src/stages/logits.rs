@@ -18,6 +18,9 @@ pub struct LogitsReport {
     pub position: usize,
     /// The token at that position.
     pub position_token: String,
+    /// The temperature of `prob_at_temperature`, if one was given.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
     /// The most likely next tokens at that position.
     pub top: Vec<Ranked>,
     /// The first and last values of every row, as `print(output.logits)` shows them.
@@ -38,6 +41,9 @@ pub struct Ranked {
     /// softmax(logits)[id], computed over the whole vocabulary in f64.
     pub prob: f64,
     pub logprob: f64,
+    /// softmax(logits / T)[id], with --temperature T.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prob_at_temperature: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,6 +59,7 @@ pub struct LogitsRequest<'a> {
     /// 0-based, or negative from the end.
     pub position: i64,
     pub full: bool,
+    pub temperature: Option<f64>,
 }
 
 pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
@@ -66,6 +73,12 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
         "--top-k must be between 1 and the vocabulary size {vocab}, got {}",
         req.top_k
     );
+    if let Some(t) = req.temperature {
+        ensure!(
+            t.is_finite() && t > 0.0,
+            "--temperature must be a positive number, got {t}"
+        );
+    }
     let tokens = m.tokenizer.encode(req.text)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     let n = ids.len();
@@ -75,7 +88,13 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
     let logits = m.model.logits(&ids)?.squeeze(0)?; // (n, vocab)
     let rows: Vec<Vec<f32>> = logits.to_vec2()?;
     let row = &rows[position];
-    let top = rank(m, row, req.top_k)?;
+    let mut top = rank(m, row, req.top_k)?;
+    if let Some(t) = req.temperature {
+        let probs = crate::sampling::probabilities(row, t);
+        for r in &mut top {
+            r.prob_at_temperature = Some(probs[r.id as usize]);
+        }
+    }
     let previews = rows
         .iter()
         .enumerate()
@@ -90,6 +109,7 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
         shape: [1, n, vocab],
         position,
         position_token: tokens[position].token.clone(),
+        temperature: req.temperature,
         top,
         rows: previews,
         logits: req.full.then(|| row.clone()),
@@ -132,6 +152,7 @@ pub fn rank(m: &LoadedModel, row: &[f32], k: usize) -> Result<Vec<Ranked>> {
                 logit: row[id],
                 prob: probs[id],
                 logprob: probs[id].ln(),
+                prob_at_temperature: None,
             })
         })
         .collect()

@@ -1,4 +1,8 @@
 //! One module per subcommand. Each computes a serialisable report and prints nothing.
 
+pub mod embed;
+pub mod generate;
 pub mod logits;
+pub mod model_info;
+pub mod similarity;
 pub mod tokenize;

@@ -1,0 +1,211 @@
+//! `lmscope generate` and `lmscope argmax`: append the chosen token and run the model again,
+//! with the KV cache so each new token costs one position of work.
+
+use crate::model::{KvCache, LoadedModel};
+use crate::sampling::{argmax, filtered_distribution, probabilities, Rng, Strategy};
+use anyhow::{ensure, Result};
+use serde::Serialize;
+
+/// One generated token and what the model thought of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub id: u32,
+    pub token: String,
+    /// The readable text of the token (` Helsinki`).
+    pub text: String,
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
+    pub logit: f32,
+    /// The model's probability for this token (softmax of the logits, temperature 1).
+    pub prob: f64,
+    /// The most likely token other than the chosen one.
+    pub runner_up_id: u32,
+    pub runner_up_token: String,
+    pub runner_up_prob: f64,
+    /// When sampling: the probability the token was drawn with (after temperature/top-k/top-p).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_prob: Option<f64>,
+}
+
+pub struct GenerateRequest<'a> {
+    pub text: &'a str,
+    pub max_new_tokens: usize,
+    pub strategy: Strategy,
+    /// Stop when the model produces an end-of-sequence token.
+    pub stop_at_eos: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct GenerateReport {
+    pub prompt: String,
+    pub prompt_ids: Vec<u32>,
+    pub new_ids: Vec<u32>,
+    /// The decoded new tokens only.
+    pub generated: String,
+    /// The prompt followed by the generated text, as the pipeline's `generated_text`.
+    pub text: String,
+    /// Why generation ended: "eos" or "max_new_tokens".
+    pub stopped: &'static str,
+    /// "greedy", or "sample" with its parameters.
+    pub strategy: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seed: Option<u64>,
+    pub steps: Vec<Step>,
+}
+
+/// Generates up to `max_new_tokens`, calling `on_step` as each token is chosen (for streaming).
+pub fn run(
+    m: &LoadedModel,
+    req: &GenerateRequest,
+    on_step: &mut dyn FnMut(&Step) -> Result<()>,
+) -> Result<GenerateReport> {
+    ensure!(
+        !req.text.is_empty(),
+        "the text is empty: give a prompt to continue"
+    );
+    ensure!(
+        req.max_new_tokens > 0,
+        "--max-new-tokens must be at least 1"
+    );
+    let cfg = &m.model.cfg;
+    req.strategy.validate(cfg.vocab_size)?;
+    let prompt_ids = m.tokenizer.encode_ids(req.text)?;
+    ensure!(!prompt_ids.is_empty(), "the text produced no tokens");
+    let room = cfg.max_position_embeddings.saturating_sub(prompt_ids.len());
+    ensure!(
+        req.max_new_tokens <= room,
+        "--max-new-tokens {} does not fit: the prompt has {} tokens and the model's context is {}",
+        req.max_new_tokens,
+        prompt_ids.len(),
+        cfg.max_position_embeddings
+    );
+
+    let mut rng = match req.strategy {
+        Strategy::Sample { seed, .. } => Some(Rng::new(seed)),
+        Strategy::Greedy => None,
+    };
+    let mut cache = KvCache::new();
+    let mut input = prompt_ids.clone();
+    let mut steps = Vec::new();
+    let mut stopped = "max_new_tokens";
+    for _ in 0..req.max_new_tokens {
+        let logits: Vec<f32> = m.model.next_logits(&input, &mut cache)?.to_vec1()?;
+        let step = choose(m, &logits, &req.strategy, rng.as_mut())?;
+        on_step(&step)?;
+        let id = step.id;
+        steps.push(step);
+        if req.stop_at_eos && cfg.eos_token_ids.contains(&id) {
+            stopped = "eos";
+            break;
+        }
+        input = vec![id];
+    }
+
+    let new_ids: Vec<u32> = steps.iter().map(|s| s.id).collect();
+    let all: Vec<u32> = prompt_ids.iter().chain(&new_ids).copied().collect();
+    let (strategy, seed) = match &req.strategy {
+        Strategy::Greedy => ("greedy".to_string(), None),
+        Strategy::Sample {
+            temperature,
+            top_k,
+            top_p,
+            seed,
+        } => (
+            format!(
+                "sample (temperature {temperature}, top-k {}, top-p {})",
+                top_k.map_or("off".into(), |k| k.to_string()),
+                top_p.map_or("off".into(), |p| p.to_string())
+            ),
+            Some(*seed),
+        ),
+    };
+    Ok(GenerateReport {
+        prompt: req.text.to_string(),
+        generated: m.tokenizer.decode(&new_ids)?,
+        text: m.tokenizer.decode(&all)?,
+        prompt_ids,
+        new_ids,
+        stopped,
+        strategy,
+        seed,
+        steps,
+    })
+}
+
+/// Picks the next token from a logit row and describes the choice.
+fn choose(
+    m: &LoadedModel,
+    logits: &[f32],
+    strategy: &Strategy,
+    rng: Option<&mut Rng>,
+) -> Result<Step> {
+    let probs = probabilities(logits, 1.0);
+    let (id, sample_prob) = match (strategy, rng) {
+        (
+            Strategy::Sample {
+                temperature,
+                top_k,
+                top_p,
+                ..
+            },
+            Some(rng),
+        ) => {
+            let dist = filtered_distribution(logits, *temperature, *top_k, *top_p);
+            let id = rng.choose(&dist);
+            (id, Some(dist[id]))
+        }
+        _ => (argmax(logits), None),
+    };
+    // The runner-up: the best token other than the chosen one.
+    let runner_up = (0..logits.len())
+        .filter(|&i| i != id)
+        .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+        .unwrap_or(id);
+    let token = m.tokenizer.describe(id as u32)?;
+    let runner = m.tokenizer.describe(runner_up as u32)?;
+    Ok(Step {
+        id: id as u32,
+        token: token.token,
+        text: token.text,
+        bytes: token.bytes,
+        logit: logits[id],
+        prob: probs[id],
+        runner_up_id: runner_up as u32,
+        runner_up_token: runner.token,
+        runner_up_prob: probs[runner_up],
+        sample_prob,
+    })
+}
+
+/// `lmscope argmax`: the greedy next token, and optionally more steps of greedy decoding.
+#[derive(Debug, Serialize)]
+pub struct ArgmaxReport {
+    /// The first predicted token, as `logits.argmax()` and `convert_ids_to_tokens` show it.
+    pub id: u32,
+    pub token: String,
+    pub prob: f64,
+    /// The prompt with the predicted token(s) appended.
+    pub text: String,
+    pub prompt_ids: Vec<u32>,
+    pub steps: Vec<Step>,
+}
+
+pub fn argmax_steps(m: &LoadedModel, text: &str, steps: usize) -> Result<ArgmaxReport> {
+    ensure!(steps > 0, "--steps must be at least 1");
+    let req = GenerateRequest {
+        text,
+        max_new_tokens: steps,
+        strategy: Strategy::Greedy,
+        stop_at_eos: false,
+    };
+    let r = run(m, &req, &mut |_| Ok(()))?;
+    let first = &r.steps[0];
+    Ok(ArgmaxReport {
+        id: first.id,
+        token: first.token.clone(),
+        prob: first.prob,
+        text: r.text,
+        prompt_ids: r.prompt_ids,
+        steps: r.steps,
+    })
+}
