@@ -506,3 +506,65 @@ mod tests {
         assert!(format!("{err:#}").contains("runs past the end"), "{err:#}");
     }
 }
+
+#[cfg(test)]
+mod dtype_tests {
+    use super::*;
+    use candle_core::quantized::gguf_file;
+    use candle_core::Tensor;
+
+    /// Every ggml type lmscope claims to read: written by candle's GGUF writer, read back by our
+    /// parser, dequantized, and compared with candle's own dequantization of the same blocks.
+    #[test]
+    fn reads_every_supported_tensor_type() {
+        let dev = Device::Cpu;
+        // 2 rows of 256 values: a multiple of every block size (32 for Q4_0.., 256 for K-quants).
+        let src = Tensor::randn(0f32, 1.0, (2, 256), &dev).unwrap();
+        let types = [
+            GgmlDType::F32,
+            GgmlDType::F16,
+            GgmlDType::BF16,
+            GgmlDType::Q4_0,
+            GgmlDType::Q4_1,
+            GgmlDType::Q5_0,
+            GgmlDType::Q5_1,
+            GgmlDType::Q8_0,
+            GgmlDType::Q2K,
+            GgmlDType::Q3K,
+            GgmlDType::Q4K,
+            GgmlDType::Q5K,
+            GgmlDType::Q6K,
+        ];
+        let quantized: Vec<(String, QTensor)> = types
+            .iter()
+            .map(|&t| (format!("{t:?}"), QTensor::quantize(&src, t).unwrap()))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("types.gguf");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let arch = gguf_file::Value::String("llama".into());
+        let tensors: Vec<(&str, &QTensor)> =
+            quantized.iter().map(|(n, q)| (n.as_str(), q)).collect();
+        gguf_file::write(&mut file, &[("general.architecture", &arch)], &tensors).unwrap();
+        drop(file);
+
+        let g = GgufFile::open(&path).unwrap();
+        for (name, q) in &quantized {
+            let ours = g.qtensor(name, &dev).unwrap().dequantize(&dev).unwrap();
+            let theirs = q.dequantize(&dev).unwrap();
+            assert_eq!(ours.dims(), &[2, 256], "{name}");
+            let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
+            assert_eq!(
+                diff.to_scalar::<f32>().unwrap(),
+                0.0,
+                "{name} read back differently"
+            );
+            // And the values are the original ones, up to the type's quantization error.
+            let err = (&ours - &src).unwrap().abs().unwrap().mean_all().unwrap();
+            assert!(
+                err.to_scalar::<f32>().unwrap() < 0.5,
+                "{name} is not a close copy"
+            );
+        }
+    }
+}

@@ -175,3 +175,39 @@ fn a_repo_without_model_files_is_reported() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has no config.json"), "{stderr}");
 }
+
+#[test]
+fn revision_and_token_reach_the_hub() {
+    let server = HubServer::start(REPO, tiny_dir());
+    let home = tempfile::tempdir().unwrap();
+    let out = lmscope()
+        .args(["--model", REPO, "--revision", "v1.0", "tokenize", "hi"])
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", &server.endpoint)
+        .env("HF_TOKEN", "hf_test_token")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let log = server.log();
+    assert!(
+        log.iter()
+            .any(|l| l.contains("/lmscope-test/tiny-llama/resolve/v1.0/config.json")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l == "authorization: Bearer hf_test_token"),
+        "{log:?}"
+    );
+    let repo_dir = home.path().join("hub/models--lmscope-test--tiny-llama");
+    assert_eq!(
+        std::fs::read_to_string(repo_dir.join("refs/v1.0"))
+            .unwrap()
+            .trim(),
+        COMMIT
+    );
+}

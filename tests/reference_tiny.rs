@@ -180,3 +180,42 @@ fn half_precision_dtypes_run_close_to_f32() {
         assert!(d < 0.1, "{dtype:?} differs from f32 by {d}");
     }
 }
+
+#[test]
+fn sharded_safetensors_with_an_index_load_the_same_model() {
+    let dev = candle_core::Device::Cpu;
+    let tensors =
+        candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &dev).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    // Layer-0 tensors in one shard, everything else in the other.
+    let (first, second): (Vec<_>, Vec<_>) = tensors
+        .into_iter()
+        .partition(|(name, _)| name.contains("layers.0."));
+    let mut weight_map = serde_json::Map::new();
+    for (shard, part) in [
+        ("model-00001-of-00002.safetensors", first),
+        ("model-00002-of-00002.safetensors", second),
+    ] {
+        for (name, _) in &part {
+            weight_map.insert(name.clone(), shard.into());
+        }
+        let part: std::collections::HashMap<String, Tensor> = part.into_iter().collect();
+        candle_core::safetensors::save(&part, dir.path().join(shard)).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
+    std::fs::write(
+        dir.path().join("model.safetensors.index.json"),
+        index.to_string(),
+    )
+    .unwrap();
+
+    let m = load(dir.path(), DType::F32);
+    let reference = json("fixtures/tiny-llama/reference.json");
+    let case = &reference["cases"][0];
+    let logits = m.model.logits(&ids(&case["ids"])).unwrap();
+    let d = max_diff(&flat(&logits), &floats(&case["logits"]));
+    assert!(d <= 1e-4, "sharded model differs by {d}");
+}

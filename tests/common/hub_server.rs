@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 
 /// The commit hash the server reports for every file.
@@ -16,30 +16,47 @@ pub struct HubServer {
     pub endpoint: String,
     /// Number of requests answered so far.
     pub requests: Arc<AtomicUsize>,
+    /// Every request line and Authorization header seen, in order.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 impl HubServer {
-    /// Serves `dir` as repo `repo_id` at revision `main` on a free loopback port.
+    /// Serves `dir` as repo `repo_id`, at any revision, on a free loopback port.
     pub fn start(repo_id: &str, dir: PathBuf) -> HubServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
-        let prefix = format!("/{repo_id}/resolve/main/");
-        let counter = requests.clone();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let prefix = format!("/{repo_id}/resolve/");
+        let (counter, seen) = (requests.clone(), log.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let _ = answer(stream, &prefix, &dir);
+                let _ = answer(stream, &prefix, &dir, &seen);
             }
         });
-        HubServer { endpoint, requests }
+        HubServer {
+            endpoint,
+            requests,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
     }
 }
 
-fn answer(mut stream: TcpStream, prefix: &str, dir: &std::path::Path) -> std::io::Result<()> {
+fn answer(
+    mut stream: TcpStream,
+    prefix: &str,
+    dir: &std::path::Path,
+    log: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
+    log.lock().unwrap().push(request_line.trim().to_string());
     let path = request_line
         .split_whitespace()
         .nth(1)
@@ -55,10 +72,18 @@ fn answer(mut stream: TcpStream, prefix: &str, dir: &std::path::Path) -> std::io
             if name.eq_ignore_ascii_case("range") {
                 range = parse_range(value.trim());
             }
+            if name.eq_ignore_ascii_case("authorization") {
+                log.lock()
+                    .unwrap()
+                    .push(format!("authorization: {}", value.trim()));
+            }
         }
     }
+    // {prefix}{revision}/{file}
     let file = path
         .strip_prefix(prefix)
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(_revision, file)| file)
         .filter(|f| !f.contains(".."))
         .map(|f| dir.join(f))
         .filter(|p| p.is_file());
