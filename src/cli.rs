@@ -38,6 +38,10 @@ pub struct GlobalArgs {
     /// Print one JSON document instead of tables (schemas in docs/json.md)
     #[arg(long, global = true)]
     pub json: bool,
+
+    /// Print how long each stage took (resolve, load, tokenize, forward, report) on stderr
+    #[arg(long, global = true)]
+    pub timings: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

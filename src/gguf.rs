@@ -103,7 +103,7 @@ pub struct GgufFile {
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
-    mmap: memmap2::Mmap,
+    mmap: std::sync::Arc<memmap2::Mmap>,
 }
 
 impl GgufFile {
@@ -225,7 +225,7 @@ impl GgufFile {
             version,
             metadata,
             tensors,
-            mmap,
+            mmap: std::sync::Arc::new(mmap),
         })
     }
 
@@ -267,6 +267,11 @@ impl GgufFile {
                 })?))
             }
         }
+    }
+
+    /// The memory map of the whole file (tensors can borrow from it without copying).
+    pub fn map(&self) -> &std::sync::Arc<memmap2::Mmap> {
+        &self.mmap
     }
 
     /// The raw bytes of one tensor, straight from the memory map.

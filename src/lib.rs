@@ -12,4 +12,5 @@ pub mod report;
 pub mod sampling;
 pub mod source;
 pub mod stages;
+pub mod timings;
 pub mod tokenizer;

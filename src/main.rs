@@ -12,8 +12,14 @@ use lmscope::{model, source};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let start = std::time::Instant::now();
     let cli = Cli::parse();
-    match run(cli) {
+    let show_timings = cli.global.timings;
+    let result = run(cli);
+    if show_timings {
+        print_timings(start.elapsed());
+    }
+    match result {
         Ok(code) => code,
         Err(err) => {
             if is_broken_pipe(&err) {
@@ -24,6 +30,16 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `--timings`: one line per stage on stderr.
+fn print_timings(total: std::time::Duration) {
+    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+    let mut line = String::from("timings:");
+    for (name, d) in lmscope::timings::totals() {
+        line += &format!(" {name} {:.1} ms,", ms(d));
+    }
+    eprintln!("{line} total {:.1} ms", ms(total));
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
@@ -136,11 +152,14 @@ fn clock_seed() -> u64 {
 }
 
 fn resolve(g: &GlobalArgs) -> Result<source::Resolved> {
+    let _t = lmscope::timings::span("resolve");
     ModelSpec::parse(&g.model, g.revision.as_deref())?.resolve()
 }
 
 fn load_tokenizer(g: &GlobalArgs) -> Result<Tokenizer> {
-    Tokenizer::load(&resolve(g)?.files)
+    let resolved = resolve(g)?;
+    let _t = lmscope::timings::span("load");
+    Tokenizer::load(&resolved.files)
 }
 
 fn load_model(g: &GlobalArgs) -> Result<model::LoadedModel> {
@@ -149,5 +168,7 @@ fn load_model(g: &GlobalArgs) -> Result<model::LoadedModel> {
         Dtype::Bf16 => candle_core::DType::BF16,
         Dtype::F16 => candle_core::DType::F16,
     };
-    model::load(&resolve(g)?, dtype)
+    let resolved = resolve(g)?;
+    let _t = lmscope::timings::span("load");
+    model::load(&resolved, dtype)
 }

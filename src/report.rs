@@ -20,6 +20,7 @@ pub enum Format {
 
 /// Prints any report: JSON as one document, otherwise the given human rendering.
 fn emit<T: Serialize>(format: Format, report: &T, human: impl FnOnce() -> String) -> Result<()> {
+    let _t = crate::timings::span("report");
     let text = match format {
         Format::Json => serde_json::to_string_pretty(report)?,
         Format::Human => human(),

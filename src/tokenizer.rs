@@ -44,6 +44,11 @@ pub struct Tokenizer {
     char_to_byte: HashMap<char, u8>,
     /// Whether `encode` adds a BOS token in front (as the checkpoint's config asks).
     add_bos: Option<u32>,
+    /// One more than the largest id (computed once: `tokenizers` rebuilds its vocabulary to
+    /// count it).
+    id_limit: usize,
+    /// Ids of special tokens (`<|im_start|>`, ...).
+    specials: std::collections::HashSet<u32>,
 }
 
 impl Tokenizer {
@@ -152,17 +157,30 @@ impl Tokenizer {
             .into_iter()
             .map(|(b, c)| (c, b))
             .collect();
+        let id_limit = inner
+            .get_vocab(true)
+            .values()
+            .max()
+            .map_or(0, |&id| id as usize + 1);
+        let specials = inner
+            .get_added_tokens_decoder()
+            .into_iter()
+            .filter(|(_, t)| t.special)
+            .map(|(id, _)| id)
+            .collect();
         Tokenizer {
             inner,
             byte_level,
             char_to_byte,
             add_bos,
+            id_limit,
+            specials,
         }
     }
 
     /// Number of ids the tokenizer can produce (vocabulary plus added tokens).
     pub fn vocab_size(&self) -> usize {
-        self.inner.get_vocab_size(true)
+        self.id_limit
     }
 
     /// Whether tokens use GPT-2's byte-level convention (`Ġ` for a space).
@@ -172,6 +190,7 @@ impl Tokenizer {
 
     /// Splits a text into tokens, as `tokenizer(text)` does in transformers.
     pub fn encode(&self, text: &str) -> Result<Vec<Token>> {
+        let _t = crate::timings::span("tokenize");
         let encoding = self
             .inner
             .encode(text, true)
@@ -230,11 +249,7 @@ impl Tokenizer {
 
     fn token(&self, id: u32, start: usize, end: usize) -> Result<Token> {
         let token = self.id_to_token(id)?;
-        let special = self
-            .inner
-            .get_added_tokens_decoder()
-            .get(&id)
-            .is_some_and(|t| t.special);
+        let special = self.specials.contains(&id);
         let bytes = if special {
             token.as_bytes().to_vec()
         } else if self.byte_level {

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -170,8 +171,18 @@ def open_llama(args: argparse.Namespace):
 
 
 def llama_last_logits(llm):
-    """The logits of the last evaluated position (without logits_all, the only row computed)."""
-    return llm.scores[llm.n_tokens - 1]
+    """The logits of the last evaluated position, read from the llama.cpp context.
+
+    Without logits_all, llama.cpp computes only this row, and llama-cpp-python 0.3.x no longer
+    copies it into `llm.scores` (its sampler reads the context directly), so neither do we: a
+    zero-copy numpy view of llama_get_logits_ith(ctx, -1).
+    """
+    import numpy as np
+
+    import llama_cpp
+
+    ptr = llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+    return np.ctypeslib.as_array(ptr, shape=(llm.n_vocab(),))
 
 
 def child_llamacpp_argmax(args: argparse.Namespace) -> None:
@@ -427,6 +438,12 @@ def lmscope_cmd(args: argparse.Namespace) -> list[str]:
     return [exe, "--model", args.model, "logits", args.prompt, "--top-k", "1"]
 
 
+def lmscope_argmax_id(stdout: str) -> int | None:
+    """Best effort: the rank-1 token id in lmscope's table output (`│ 1 ┆ 260 ┆ Ġthe ...`)."""
+    m = re.search(r"^\s*│\s*1\s*┆\s*(\d+)\s*┆", stdout, re.MULTILINE)
+    return int(m.group(1)) if m else None
+
+
 def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
     cmds = {
         "transformers": self_cmd(args, "transformers-argmax"),
@@ -459,7 +476,10 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
             "stdout_first_run": rs[0]["stdout"][-3000:],
         }
         child = [last_json_line(r["stdout"]) for r in rs]
-        if all(child):
+        if t == "lmscope":
+            entry["argmax_id"] = lmscope_argmax_id(rs[0]["stdout"])
+            entry["argmax_text"] = None
+        elif all(child):
             entry["argmax_id"] = child[0]["argmax_id"]
             entry["argmax_text"] = child[0]["argmax_text"]
             entry["input_ids"] = child[0]["input_ids"]

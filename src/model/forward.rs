@@ -98,6 +98,7 @@ impl Llama {
         mut cache: Option<&mut KvCache>,
         mut capture: Option<&mut Capture>,
     ) -> Result<Tensor> {
+        let _t = crate::timings::span("forward");
         let (_b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
         ensure!(t > 0, "the input has no tokens");
@@ -110,7 +111,8 @@ impl Llama {
         let w = &self.weights;
 
         // inputs_embeds = self.embed_tokens(input_ids)
-        let mut x = w.embed_tokens.embedding(&ids.flatten_all()?)?; // (b*t, c)
+        let flat: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+        let mut x = w.embed_tokens.rows(&flat)?.to_dtype(self.dtype)?; // (b*t, c)
         x = x.reshape((ids.dim(0)?, t, self.cfg.hidden_size))?; // (b, t, c)
         if let Some(cap) = capture.as_deref_mut().filter(|c| c.hidden_states) {
             cap.hidden.push(x.clone());
@@ -269,12 +271,7 @@ impl Llama {
 
     /// The embedding row of each id, (n, c), in f32.
     pub fn embeddings(&self, ids: &[u32]) -> Result<Tensor> {
-        let ids = Tensor::new(ids, &self.device)?;
-        Ok(self
-            .weights
-            .embed_tokens
-            .embedding(&ids)?
-            .to_dtype(DType::F32)?)
+        self.weights.embed_tokens.rows(ids)
     }
 }
 

@@ -1,10 +1,12 @@
 //! The model: its weights, the operations it is made of, and the forward pass.
 
+pub mod blocks;
 pub mod forward;
 pub mod ops;
 pub mod weights;
 
 pub use forward::{softmax_f64, Capture, KvCache, Llama};
+pub use weights::MatrixForm;
 
 use crate::config::Config;
 use crate::gguf::GgufFile;
@@ -20,21 +22,37 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
     /// Where the weights came from, in words ("GGUF file models/...").
     pub origin: String,
+    /// How the matrices are held: exact in a dtype, or candle's quantized matmul.
+    pub form: MatrixForm,
 }
 
-/// Loads config, tokenizer and weights from resolved files, computing in `dtype`.
+/// Loads config, tokenizer and weights from resolved files, computing in `dtype`, with numbers
+/// equal to dequantizing the weights (the exact path).
 pub fn load(resolved: &Resolved, dtype: DType) -> Result<LoadedModel> {
+    load_as(resolved, MatrixForm::Exact(dtype))
+}
+
+/// Loads a model with its matrices in the given form.
+pub fn load_as(resolved: &Resolved, form: MatrixForm) -> Result<LoadedModel> {
     let device = Device::Cpu;
+    let dtype = match form {
+        MatrixForm::Exact(dtype) => dtype,
+        MatrixForm::Quantized => DType::F32,
+    };
     let (cfg, tokenizer, weights) = match &resolved.files {
         ModelFiles::Safetensors {
             config,
             tokenizer,
             weights,
         } => {
+            ensure!(
+                form != MatrixForm::Quantized,
+                "--quantized needs a GGUF model (its weights are already quantized)"
+            );
             let cfg = Config::from_config_json(config)?;
             let tokenizer = Tokenizer::from_file(tokenizer)?;
             let source = SafetensorsSource::open(weights, &device)?;
-            let weights = Weights::load(&source, &cfg, dtype)?;
+            let weights = Weights::load(&source, &cfg, form)?;
             (cfg, tokenizer, weights)
         }
         ModelFiles::Gguf(path) => {
@@ -46,7 +64,7 @@ pub fn load(resolved: &Resolved, dtype: DType) -> Result<LoadedModel> {
                 cfg: &cfg,
                 device: device.clone(),
             };
-            let weights = Weights::load(&source, &cfg, dtype)
+            let weights = Weights::load(&source, &cfg, form)
                 .map_err(|e| e.context(format!("invalid GGUF file {}", path.display())))?;
             (cfg, tokenizer, weights)
         }
@@ -62,5 +80,6 @@ pub fn load(resolved: &Resolved, dtype: DType) -> Result<LoadedModel> {
         model,
         tokenizer,
         origin: resolved.origin.clone(),
+        form,
     })
 }

@@ -5,31 +5,71 @@
 //! path for every source: GGUF names are mapped to HF names and GGUF's permuted Q/K rows are put
 //! back in HF order here, never inside the math.
 
+use super::blocks::{BlockBytes, BlockMatrix, BlockType};
 use crate::config::Config;
 use crate::gguf::GgufFile;
 use anyhow::{bail, ensure, Context, Result};
+use candle_core::quantized::QMatMul;
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
 use std::path::PathBuf;
+use std::sync::Arc;
 
-/// A bias-free linear layer's weight, (out_features, in_features) like `nn.Linear.weight`.
+/// A weight matrix (out_features, in_features), in one of the forms lmscope multiplies by.
 #[derive(Debug, Clone)]
-pub struct Linear {
-    pub weight: Tensor,
+pub enum Matrix {
+    /// A dense tensor in the compute dtype.
+    Dense(Tensor),
+    /// GGUF blocks, dequantized exactly inside the product (the exact path's fast form).
+    Blocks(Arc<BlockMatrix>),
+    /// candle's quantized matmul, which also quantizes the activations (`--quantized`).
+    Quantized(Arc<QMatMul>, (usize, usize)),
 }
 
-impl Linear {
-    /// y = x @ W.T. x: (b, t, in) -> (b, t, out)
+impl Matrix {
+    /// (out_features, in_features)
+    pub fn dims(&self) -> (usize, usize) {
+        match self {
+            Matrix::Dense(t) => (t.dims()[0], t.dims()[1]),
+            Matrix::Blocks(b) => (b.rows, b.cols),
+            Matrix::Quantized(_, dims) => *dims,
+        }
+    }
+
+    /// y = x @ W.T, PyTorch's `nn.Linear` without bias. x: (b, t, in) -> (b, t, out)
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        super::ops::linear(x, &self.weight)
+        match self {
+            Matrix::Dense(w) => super::ops::linear(x, w),
+            Matrix::Blocks(w) => {
+                let (b, t, c) = x.dims3()?;
+                let y = w
+                    .matmul_t(&x.reshape((b * t, c))?)
+                    .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?; // (b*t, out)
+                y.reshape((b, t, w.rows))
+            }
+            Matrix::Quantized(w, _) => candle_core::Module::forward(w.as_ref(), x),
+        }
     }
 
-    pub fn in_features(&self) -> usize {
-        self.weight.dims()[1]
+    /// Rows of the matrix as f32, (ids.len(), in): an embedding lookup.
+    pub fn rows(&self, ids: &[u32]) -> Result<Tensor> {
+        let (rows, _) = self.dims();
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= rows) {
+            bail!("token id {bad} is outside the embedding matrix ({rows} rows)");
+        }
+        match self {
+            Matrix::Dense(t) => {
+                let ids = Tensor::new(ids, t.device())?;
+                Ok(t.embedding(&ids)?.to_dtype(DType::F32)?)
+            }
+            Matrix::Blocks(b) => b.rows(ids, &Device::Cpu),
+            Matrix::Quantized(..) => bail!("a quantized matrix is not used for embeddings"),
+        }
     }
 
-    pub fn out_features(&self) -> usize {
-        self.weight.dims()[0]
+    pub fn elem_count(&self) -> usize {
+        let (o, i) = self.dims();
+        o * i
     }
 }
 
@@ -40,91 +80,127 @@ pub struct LayerWeights {
     /// RMSNorm before attention, (c)
     pub input_layernorm: Tensor,
     /// (h * d, c)
-    pub q_proj: Linear,
+    pub q_proj: Matrix,
     /// (kv * d, c)
-    pub k_proj: Linear,
+    pub k_proj: Matrix,
     /// (kv * d, c)
-    pub v_proj: Linear,
+    pub v_proj: Matrix,
     /// (c, h * d)
-    pub o_proj: Linear,
+    pub o_proj: Matrix,
     /// RMSNorm before the MLP, (c)
     pub post_attention_layernorm: Tensor,
     /// (f, c)
-    pub gate_proj: Linear,
+    pub gate_proj: Matrix,
     /// (f, c)
-    pub up_proj: Linear,
+    pub up_proj: Matrix,
     /// (c, f)
-    pub down_proj: Linear,
+    pub down_proj: Matrix,
 }
 
 /// All of the model's weights.
 #[derive(Debug, Clone)]
 pub struct Weights {
     /// Token embedding matrix, (vocab, c)
-    pub embed_tokens: Tensor,
+    pub embed_tokens: Matrix,
     pub layers: Vec<LayerWeights>,
     /// Final RMSNorm, (c)
     pub norm: Tensor,
     /// Output projection, (vocab, c); shares storage with embed_tokens when the weights are tied.
-    pub lm_head: Linear,
+    pub lm_head: Matrix,
+}
+
+/// How matrices are kept in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MatrixForm {
+    /// Numbers equal to dequantizing to `dtype` (f32: GGUF blocks kept and dequantized inside
+    /// the product where lmscope has a kernel for the type).
+    Exact(DType),
+    /// GGUF blocks through candle's quantized matmul (activations rounded to 8 bits).
+    Quantized,
 }
 
 /// Something that hands out tensors by their Hugging Face names.
 pub trait TensorSource {
     /// The tensor called `name` in a Hugging Face checkpoint, or None if the source lacks it.
     fn tensor(&self, name: &str) -> Result<Option<Tensor>>;
+
+    /// The matrix called `name`, in the requested form where the source can provide it.
+    fn matrix(&self, name: &str, form: MatrixForm) -> Result<Option<Matrix>> {
+        let dtype = match form {
+            MatrixForm::Exact(dtype) => dtype,
+            MatrixForm::Quantized => DType::F32,
+        };
+        Ok(self
+            .tensor(name)?
+            .map(|t| t.to_dtype(dtype))
+            .transpose()?
+            .map(Matrix::Dense))
+    }
 }
 
 impl Weights {
-    /// Loads and checks every tensor against the config, converting to `dtype`.
-    pub fn load(source: &dyn TensorSource, cfg: &Config, dtype: DType) -> Result<Self> {
+    /// Loads and checks every tensor against the config.
+    pub fn load(source: &dyn TensorSource, cfg: &Config, form: MatrixForm) -> Result<Self> {
+        let dtype = match form {
+            MatrixForm::Exact(dtype) => dtype,
+            MatrixForm::Quantized => DType::F32,
+        };
         let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let q_out = cfg.num_attention_heads * cfg.head_dim;
         let kv_out = cfg.num_key_value_heads * cfg.head_dim;
-        let get = |name: &str, shape: &[usize]| -> Result<Tensor> {
+        let vector = |name: &str| -> Result<Tensor> {
             let t = source
                 .tensor(name)?
                 .with_context(|| format!("tensor {name} is missing from the checkpoint"))?;
             ensure!(
-                t.dims() == shape,
-                "tensor {name} has shape {:?} but the config implies {shape:?}",
+                t.dims() == [c],
+                "tensor {name} has shape {:?} but the config implies [{c}]",
                 t.dims()
             );
             Ok(t.to_dtype(dtype)?)
         };
-        let linear = |name: &str, out: usize, inp: usize| -> Result<Linear> {
-            Ok(Linear {
-                weight: get(name, &[out, inp])?,
-            })
+        let matrix = |name: &str, out: usize, inp: usize, form: MatrixForm| -> Result<Matrix> {
+            let m = source
+                .matrix(name, form)?
+                .with_context(|| format!("tensor {name} is missing from the checkpoint"))?;
+            ensure!(
+                m.dims() == (out, inp),
+                "tensor {name} has shape {:?} but the config implies [{out}, {inp}]",
+                m.dims()
+            );
+            Ok(m)
         };
 
-        let embed_tokens = get("model.embed_tokens.weight", &[v, c])?;
+        // The embedding is looked up row by row: never candle's quantized form.
+        let embed_form = match form {
+            MatrixForm::Quantized => MatrixForm::Exact(DType::F32),
+            exact => exact,
+        };
+        let embed_tokens = matrix("model.embed_tokens.weight", v, c, embed_form)?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
         for i in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{i}");
             layers.push(LayerWeights {
-                input_layernorm: get(&format!("{p}.input_layernorm.weight"), &[c])?,
-                q_proj: linear(&format!("{p}.self_attn.q_proj.weight"), q_out, c)?,
-                k_proj: linear(&format!("{p}.self_attn.k_proj.weight"), kv_out, c)?,
-                v_proj: linear(&format!("{p}.self_attn.v_proj.weight"), kv_out, c)?,
-                o_proj: linear(&format!("{p}.self_attn.o_proj.weight"), c, q_out)?,
-                post_attention_layernorm: get(
-                    &format!("{p}.post_attention_layernorm.weight"),
-                    &[c],
-                )?,
-                gate_proj: linear(&format!("{p}.mlp.gate_proj.weight"), f, c)?,
-                up_proj: linear(&format!("{p}.mlp.up_proj.weight"), f, c)?,
-                down_proj: linear(&format!("{p}.mlp.down_proj.weight"), c, f)?,
+                input_layernorm: vector(&format!("{p}.input_layernorm.weight"))?,
+                q_proj: matrix(&format!("{p}.self_attn.q_proj.weight"), q_out, c, form)?,
+                k_proj: matrix(&format!("{p}.self_attn.k_proj.weight"), kv_out, c, form)?,
+                v_proj: matrix(&format!("{p}.self_attn.v_proj.weight"), kv_out, c, form)?,
+                o_proj: matrix(&format!("{p}.self_attn.o_proj.weight"), c, q_out, form)?,
+                post_attention_layernorm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
+                gate_proj: matrix(&format!("{p}.mlp.gate_proj.weight"), f, c, form)?,
+                up_proj: matrix(&format!("{p}.mlp.up_proj.weight"), f, c, form)?,
+                down_proj: matrix(&format!("{p}.mlp.down_proj.weight"), c, f, form)?,
             });
         }
-        let norm = get("model.norm.weight", &[c])?;
-        let lm_head = if cfg.tie_word_embeddings {
-            // Tied: the same tensor (shared storage, no copy) projects back to the vocabulary.
-            Linear {
-                weight: embed_tokens.clone(),
-            }
+        let norm = vector("model.norm.weight")?;
+        let lm_head = if !cfg.tie_word_embeddings {
+            matrix("lm_head.weight", v, c, form)?
+        } else if form == MatrixForm::Quantized {
+            // The tied matrix once more, in candle's quantized form.
+            matrix("model.embed_tokens.weight", v, c, form)?
         } else {
-            linear("lm_head.weight", v, c)?
+            // Tied: the same storage (no copy) projects back to the vocabulary.
+            embed_tokens.clone()
         };
         Ok(Weights {
             embed_tokens,
@@ -140,27 +216,23 @@ impl Weights {
             .layers
             .iter()
             .map(|l| {
-                [
-                    &l.input_layernorm,
-                    &l.q_proj.weight,
-                    &l.k_proj.weight,
-                    &l.v_proj.weight,
-                    &l.o_proj.weight,
-                    &l.post_attention_layernorm,
-                    &l.gate_proj.weight,
-                    &l.up_proj.weight,
-                    &l.down_proj.weight,
-                ]
-                .iter()
-                .map(|t| t.elem_count())
-                .sum::<usize>()
+                l.input_layernorm.elem_count()
+                    + l.post_attention_layernorm.elem_count()
+                    + [
+                        &l.q_proj,
+                        &l.k_proj,
+                        &l.v_proj,
+                        &l.o_proj,
+                        &l.gate_proj,
+                        &l.up_proj,
+                        &l.down_proj,
+                    ]
+                    .iter()
+                    .map(|m| m.elem_count())
+                    .sum::<usize>()
             })
             .sum();
-        let head = if tied {
-            0
-        } else {
-            self.lm_head.weight.elem_count()
-        };
+        let head = if tied { 0 } else { self.lm_head.elem_count() };
         self.embed_tokens.elem_count() + layer + self.norm.elem_count() + head
     }
 }
@@ -198,7 +270,7 @@ impl TensorSource for SafetensorsSource {
     }
 }
 
-/// A GGUF file's tensors, dequantized to f32 and renamed/reordered into the HF layout.
+/// A GGUF file's tensors, renamed and reordered into the HF layout.
 pub struct GgufSource<'a> {
     pub gguf: &'a GgufFile,
     pub cfg: &'a Config,
@@ -221,6 +293,72 @@ impl TensorSource for GgufSource<'_> {
         match permute_heads {
             Some(heads) => Ok(Some(unpermute_rope_rows(&t, heads)?)),
             None => Ok(Some(t)),
+        }
+    }
+
+    fn matrix(&self, hf_name: &str, form: MatrixForm) -> Result<Option<Matrix>> {
+        let Some((gguf_name, permute_heads)) = gguf_name(hf_name, self.cfg)? else {
+            return Ok(None);
+        };
+        let Some(info) = self.gguf.tensors.get(&gguf_name) else {
+            return Ok(None);
+        };
+        let dense = |dtype: DType| -> Result<Option<Matrix>> {
+            Ok(self
+                .tensor(hf_name)?
+                .map(|t| t.to_dtype(dtype))
+                .transpose()?
+                .map(Matrix::Dense))
+        };
+        match form {
+            MatrixForm::Exact(DType::F32) => {
+                let Some(kind) = BlockType::from_ggml(info.dtype) else {
+                    return dense(DType::F32);
+                };
+                let [rows, cols] = info.dims[..] else {
+                    bail!(
+                        "tensor {gguf_name} has {} dimensions, not 2",
+                        info.dims.len()
+                    );
+                };
+                let bytes = BlockBytes::Mapped {
+                    map: self.gguf.map().clone(),
+                    start: info.offset,
+                    len: info.size,
+                };
+                let mut m = BlockMatrix::new(kind, rows, cols, bytes)
+                    .with_context(|| format!("tensor {gguf_name}"))?;
+                if let Some(heads) = permute_heads {
+                    m = m.with_row_order(&unpermuted_row_order(rows, heads)?);
+                }
+                Ok(Some(Matrix::Blocks(Arc::new(m))))
+            }
+            MatrixForm::Exact(dtype) => dense(dtype),
+            MatrixForm::Quantized => {
+                let mut q = self.gguf.qtensor(&gguf_name, &self.device)?;
+                let dims = (info.dims[0], *info.dims.get(1).unwrap_or(&1));
+                if let Some(heads) = permute_heads {
+                    // Reorder whole rows of blocks, as for the exact path.
+                    let kind = q.dtype();
+                    let data = q.data()?.to_vec();
+                    let row_bytes = data.len() / dims.0;
+                    let order = unpermuted_row_order(dims.0, heads)?;
+                    let mut out = Vec::with_capacity(data.len());
+                    for r in order {
+                        out.extend_from_slice(&data[r * row_bytes..(r + 1) * row_bytes]);
+                    }
+                    q = candle_core::quantized::ggml_file::qtensor_from_ggml(
+                        kind,
+                        &out,
+                        vec![dims.0, dims.1],
+                        &self.device,
+                    )?;
+                }
+                Ok(Some(Matrix::Quantized(
+                    Arc::new(QMatMul::from_qtensor(q)?),
+                    dims,
+                )))
+            }
         }
     }
 }
@@ -266,9 +404,7 @@ pub fn gguf_name(hf_name: &str, cfg: &Config) -> Result<Option<(String, Option<u
 /// `w.reshape(heads, d/2, 2, in).swapaxes(1, 2)`. w: (heads * d, in).
 pub fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
-    if heads == 0 || rows % heads != 0 || !(rows / heads).is_multiple_of(2) {
-        bail!("cannot un-permute a ({rows}, {cols}) projection for {heads} heads");
-    }
+    check_heads(rows, heads)?;
     let half = rows / heads / 2;
     Ok(
         w.reshape((heads, half, 2, cols))? // (heads, d/2, 2, in): GGUF's interleaved pairs
@@ -276,6 +412,28 @@ pub fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
             .contiguous()?
             .reshape((rows, cols))?,
     )
+}
+
+/// The same permutation as a row order: HF row `h*d + s*d/2 + j` is GGUF row `h*d + 2*j + s`.
+pub fn unpermuted_row_order(rows: usize, heads: usize) -> Result<Vec<usize>> {
+    check_heads(rows, heads)?;
+    let d = rows / heads;
+    let mut order = Vec::with_capacity(rows);
+    for h in 0..heads {
+        for s in 0..2 {
+            for j in 0..d / 2 {
+                order.push(h * d + 2 * j + s);
+            }
+        }
+    }
+    Ok(order)
+}
+
+fn check_heads(rows: usize, heads: usize) -> Result<()> {
+    if heads == 0 || !rows.is_multiple_of(heads) || !(rows / heads).is_multiple_of(2) {
+        bail!("cannot un-permute {rows} projection rows for {heads} heads");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -305,5 +463,22 @@ mod tests {
             hf.to_vec1::<f32>().unwrap(),
             (0..8).map(|i| i as f32).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn row_order_equals_the_tensor_permutation() {
+        // Row r of the GGUF matrix holds the value r; un-permuting gives the order itself.
+        let rows: Vec<f32> = (0..24).map(|r| r as f32).collect();
+        let gguf = Tensor::from_vec(rows, (24, 1), &Device::Cpu).unwrap();
+        let hf = unpermute_rope_rows(&gguf, 3)
+            .unwrap()
+            .flatten_all()
+            .unwrap();
+        let order: Vec<f32> = unpermuted_row_order(24, 3)
+            .unwrap()
+            .into_iter()
+            .map(|r| r as f32)
+            .collect();
+        assert_eq!(hf.to_vec1::<f32>().unwrap(), order);
     }
 }
