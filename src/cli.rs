@@ -76,12 +76,7 @@ pub struct TokenizeArgs {
     pub text: Option<String>,
 
     /// Go the other way: comma-separated token ids to show and decode (e.g. 504,3575,282)
-    #[arg(
-        long,
-        value_delimiter = ',',
-        conflicts_with = "text",
-        value_name = "IDS"
-    )]
+    #[arg(long, value_delimiter = ',', conflicts_with = "text", value_name = "IDS")]
     pub ids: Option<Vec<u32>>,
 }
 
@@ -193,12 +188,7 @@ pub struct GenerateArgs {
     pub sample: bool,
 
     /// Sampling temperature (below 1 sharpens, above 1 flattens the distribution)
-    #[arg(
-        long,
-        requires = "sample",
-        allow_negative_numbers = true,
-        value_name = "T"
-    )]
+    #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "T")]
     pub temperature: Option<f64>,
 
     /// Sample only among the K most likely tokens
@@ -206,12 +196,7 @@ pub struct GenerateArgs {
     pub top_k: Option<usize>,
 
     /// Sample only among the most likely tokens whose probabilities add up to P
-    #[arg(
-        long,
-        requires = "sample",
-        allow_negative_numbers = true,
-        value_name = "P"
-    )]
+    #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "P")]
     pub top_p: Option<f64>,
 
     /// Random seed: the same seed gives the same text (default: chosen from the clock and shown)

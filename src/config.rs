@@ -137,26 +137,19 @@ impl Config {
             hf.model_type.as_deref().unwrap_or("none")
         );
         if let Some(act) = &hf.hidden_act {
-            ensure!(
-                act == "silu",
-                "unsupported hidden_act {act:?}: Llama uses silu"
-            );
+            ensure!(act == "silu", "unsupported hidden_act {act:?}: Llama uses silu");
         }
         ensure!(!hf.attention_bias, "attention_bias = true is not supported");
         ensure!(!hf.mlp_bias, "mlp_bias = true is not supported");
         if let Some(scaling) = &hf.rope_scaling {
-            let kind = scaling
-                .get("rope_type")
-                .or_else(|| scaling.get("type"))
-                .and_then(|v| v.as_str());
+            let kind =
+                scaling.get("rope_type").or_else(|| scaling.get("type")).and_then(|v| v.as_str());
             if !(scaling.is_null() || kind == Some("default")) {
                 bail!("rope_scaling {scaling} is not supported (only plain RoPE is)");
             }
         }
         ensure!(hf.num_attention_heads > 0, "num_attention_heads is 0");
-        let head_dim = hf
-            .head_dim
-            .unwrap_or(hf.hidden_size / hf.num_attention_heads);
+        let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads);
         let config = Config {
             architecture,
             vocab_size: hf.vocab_size,
@@ -170,9 +163,7 @@ impl Config {
             rms_norm_eps: hf.rms_norm_eps,
             rope_theta: hf.rope_theta,
             tie_word_embeddings: hf.tie_word_embeddings,
-            bos_token_id: hf
-                .bos_token_id
-                .and_then(|ids| ids.into_vec().first().copied()),
+            bos_token_id: hf.bos_token_id.and_then(|ids| ids.into_vec().first().copied()),
             eos_token_ids: hf.eos_token_id.map(TokenIds::into_vec).unwrap_or_default(),
             stored_dtype: hf.torch_dtype.or(hf.dtype),
         };
@@ -193,10 +184,7 @@ impl Config {
         ];
         for (name, value) in sizes {
             ensure!(value > 0, "{name} is 0");
-            ensure!(
-                value <= MAX_DIM,
-                "{name} = {value} is larger than {MAX_DIM}"
-            );
+            ensure!(value <= MAX_DIM, "{name} = {value} is larger than {MAX_DIM}");
         }
         ensure!(self.num_hidden_layers > 0, "num_hidden_layers is 0");
         ensure!(
@@ -209,8 +197,7 @@ impl Config {
             "num_attention_heads * head_dim is too large"
         );
         ensure!(
-            self.num_attention_heads
-                .is_multiple_of(self.num_key_value_heads),
+            self.num_attention_heads.is_multiple_of(self.num_key_value_heads),
             "num_attention_heads ({}) is not a multiple of num_key_value_heads ({})",
             self.num_attention_heads,
             self.num_key_value_heads
@@ -254,10 +241,7 @@ impl Config {
         let hidden_size = need("embedding_length")?;
         let num_attention_heads = need("attention.head_count")?;
         ensure!(num_attention_heads > 0, "llama.attention.head_count is 0");
-        let tokens = gguf
-            .get("tokenizer.ggml.tokens")
-            .and_then(|v| v.as_array())
-            .map(|a| a.len());
+        let tokens = gguf.get("tokenizer.ggml.tokens").and_then(|v| v.as_array()).map(|a| a.len());
         let vocab_size = match gguf.get_usize("llama.vocab_size")? {
             Some(v) => v,
             None => {
@@ -275,10 +259,7 @@ impl Config {
             );
         }
         let eos = gguf.get_usize("tokenizer.ggml.eos_token_id")?;
-        let stored = gguf
-            .tensors
-            .get("blk.0.attn_q.weight")
-            .map(|t| format!("{:?}", t.dtype));
+        let stored = gguf.tensors.get("blk.0.attn_q.weight").map(|t| format!("{:?}", t.dtype));
         let config = Config {
             architecture: arch,
             vocab_size,
@@ -297,9 +278,7 @@ impl Config {
             rope_theta: gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0),
             // llama.cpp omits output.weight when lm_head is the embedding matrix.
             tie_word_embeddings: !gguf.tensors.contains_key("output.weight"),
-            bos_token_id: gguf
-                .get_usize("tokenizer.ggml.bos_token_id")?
-                .map(|v| v as u32),
+            bos_token_id: gguf.get_usize("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
             eos_token_ids: eos.map(|v| vec![v as u32]).unwrap_or_default(),
             stored_dtype: stored,
         };
@@ -343,10 +322,7 @@ mod tests {
         let zero_heads =
             SMOLLM_135M.replace("\"num_attention_heads\": 9", "\"num_attention_heads\": 0");
         let err = Config::from_json_str(&zero_heads).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("num_attention_heads is 0"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("num_attention_heads is 0"), "{err:#}");
 
         let bad_groups =
             SMOLLM_135M.replace("\"num_key_value_heads\": 3", "\"num_key_value_heads\": 4");
@@ -363,9 +339,6 @@ mod tests {
             .replace("\"model_type\": \"llama\"", "\"model_type\": \"gpt2\"")
             .replace("LlamaForCausalLM", "GPT2LMHeadModel");
         let err = Config::from_json_str(&gpt2).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("unsupported architecture"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("unsupported architecture"), "{err:#}");
     }
 }

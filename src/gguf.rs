@@ -119,16 +119,9 @@ impl GgufFile {
     }
 
     fn parse(path: &Path, mmap: memmap2::Mmap) -> Result<Self> {
-        let mut r = Reader {
-            bytes: &mmap,
-            pos: 0,
-        };
+        let mut r = Reader { bytes: &mmap, pos: 0 };
         let magic = r.bytes(4).context("file is shorter than the GGUF magic")?;
-        ensure!(
-            magic == b"GGUF",
-            "not a GGUF file (magic {:?})",
-            String::from_utf8_lossy(magic)
-        );
+        ensure!(magic == b"GGUF", "not a GGUF file (magic {:?})", String::from_utf8_lossy(magic));
         let version = r.u32()?;
         ensure!(
             version == 2 || version == 3,
@@ -148,26 +141,18 @@ impl GgufFile {
 
         let mut metadata = BTreeMap::new();
         for i in 0..metadata_count {
-            let key = r
-                .string()
-                .with_context(|| format!("metadata entry {i}: key"))?;
+            let key = r.string().with_context(|| format!("metadata entry {i}: key"))?;
             let value_type = r.u32()?;
-            let value = r
-                .value(value_type, 0)
-                .with_context(|| format!("metadata entry {key:?}"))?;
+            let value =
+                r.value(value_type, 0).with_context(|| format!("metadata entry {key:?}"))?;
             metadata.insert(key, value);
         }
 
         let mut infos = Vec::new();
         for i in 0..tensor_count {
-            let name = r
-                .string()
-                .with_context(|| format!("tensor record {i}: name"))?;
+            let name = r.string().with_context(|| format!("tensor record {i}: name"))?;
             let n_dims = r.u32()? as usize;
-            ensure!(
-                n_dims <= MAX_DIMS,
-                "tensor {name:?} has {n_dims} dimensions"
-            );
+            ensure!(n_dims <= MAX_DIMS, "tensor {name:?} has {n_dims} dimensions");
             let mut dims = Vec::with_capacity(n_dims);
             for _ in 0..n_dims {
                 let d = r.u64()?;
@@ -214,10 +199,7 @@ impl GgufFile {
                 offset: start as usize,
                 size: size as usize,
             };
-            ensure!(
-                tensors.insert(name.clone(), info).is_none(),
-                "tensor {name:?} appears twice"
-            );
+            ensure!(tensors.insert(name.clone(), info).is_none(), "tensor {name:?} appears twice");
         }
 
         Ok(GgufFile {
@@ -250,9 +232,7 @@ impl GgufFile {
                 let n = v
                     .as_u64()
                     .with_context(|| format!("metadata key {key} is not a non-negative integer"))?;
-                Ok(Some(
-                    usize::try_from(n).with_context(|| format!("{key} is too large"))?,
-                ))
+                Ok(Some(usize::try_from(n).with_context(|| format!("{key} is too large"))?))
             }
         }
     }
@@ -262,9 +242,7 @@ impl GgufFile {
         match self.get(key) {
             None => Ok(None),
             Some(v) => {
-                Ok(Some(v.as_f64().with_context(|| {
-                    format!("metadata key {key} is not a number")
-                })?))
+                Ok(Some(v.as_f64().with_context(|| format!("metadata key {key} is not a number"))?))
             }
         }
     }
@@ -285,13 +263,8 @@ impl GgufFile {
             .tensors
             .get(name)
             .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        qtensor_from_ggml(
-            info.dtype,
-            self.tensor_bytes(info),
-            info.dims.clone(),
-            device,
-        )
-        .with_context(|| format!("cannot read tensor {name}"))
+        qtensor_from_ggml(info.dtype, self.tensor_bytes(info), info.dims.clone(), device)
+            .with_context(|| format!("cannot read tensor {name}"))
     }
 }
 
@@ -382,10 +355,7 @@ impl<'a> Reader<'a> {
             },
             8 => Value::String(self.string()?),
             9 => {
-                ensure!(
-                    depth < MAX_ARRAY_DEPTH,
-                    "arrays nested deeper than {MAX_ARRAY_DEPTH}"
-                );
+                ensure!(depth < MAX_ARRAY_DEPTH, "arrays nested deeper than {MAX_ARRAY_DEPTH}");
                 let item_type = self.u32()?;
                 let len = self.u64()?;
                 // Every item takes at least one byte: a longer array cannot fit in the file.
@@ -459,30 +429,12 @@ mod tests {
     fn reads_metadata_and_tensors() {
         let g = parse(&tiny_gguf()).unwrap();
         assert_eq!(g.get_str("general.architecture").unwrap(), "llama");
-        let ids: Vec<u64> = g
-            .get("ids")
-            .unwrap()
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(Value::as_u64)
-            .collect();
+        let ids: Vec<u64> =
+            g.get("ids").unwrap().as_array().unwrap().iter().filter_map(Value::as_u64).collect();
         assert_eq!(ids, vec![7, 8, 9]);
-        let w = g
-            .qtensor("w", &Device::Cpu)
-            .unwrap()
-            .dequantize(&Device::Cpu)
-            .unwrap();
+        let w = g.qtensor("w", &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
         assert_eq!(w.dims(), &[2, 32]);
-        assert_eq!(
-            w.get(1)
-                .unwrap()
-                .get(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap(),
-            32.0
-        );
+        assert_eq!(w.get(1).unwrap().get(0).unwrap().to_scalar::<f32>().unwrap(), 32.0);
     }
 
     #[test]
@@ -498,10 +450,7 @@ mod tests {
         let mut bytes = tiny_gguf();
         bytes[8..16].copy_from_slice(&(1u64 << 40).to_le_bytes());
         let err = parse(&bytes).err().unwrap();
-        assert!(
-            format!("{err:#}").contains("more than the file can hold"),
-            "{err:#}"
-        );
+        assert!(format!("{err:#}").contains("more than the file can hold"), "{err:#}");
         // An array that claims 2^62 items.
         let mut bytes = tiny_gguf();
         // key "ids" (3 bytes), value type (4), item type (4), then the item count.
@@ -559,17 +508,10 @@ mod dtype_tests {
             let theirs = q.dequantize(&dev).unwrap();
             assert_eq!(ours.dims(), &[2, 256], "{name}");
             let diff = (&ours - &theirs).unwrap().abs().unwrap().max_all().unwrap();
-            assert_eq!(
-                diff.to_scalar::<f32>().unwrap(),
-                0.0,
-                "{name} read back differently"
-            );
+            assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{name} read back differently");
             // And the values are the original ones, up to the type's quantization error.
             let err = (&ours - &src).unwrap().abs().unwrap().mean_all().unwrap();
-            assert!(
-                err.to_scalar::<f32>().unwrap() < 0.5,
-                "{name} is not a close copy"
-            );
+            assert!(err.to_scalar::<f32>().unwrap() < 0.5, "{name} is not a close copy");
         }
     }
 }

@@ -120,13 +120,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             match format {
                 Format::Json => report::generate(&generate::run(&m, &req, &mut |_| Ok(()))?)?,
                 Format::Human => {
-                    // Validate before the prompt is printed, so an error is not mixed into text.
-                    req.strategy.validate(m.model.cfg.vocab_size)?;
-                    anyhow::ensure!(
-                        !args.text.is_empty(),
-                        "the text is empty: give a prompt to continue"
-                    );
-                    let mut stream = report::TextStream::start(&args.text)?;
+                    // The prompt is printed with the first token: an error comes out alone.
+                    let mut stream = report::TextStream::new(&args.text);
                     let r = generate::run(&m, &req, &mut |step| stream.push(step))?;
                     stream.finish(&r, args.show_steps)?;
                 }

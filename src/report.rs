@@ -76,17 +76,13 @@ fn uses_g(tokens: impl IntoIterator<Item = impl AsRef<str>>) -> bool {
 
 pub fn tokenize(format: Format, r: &TokenizeReport) -> Result<()> {
     emit(format, r, || {
-        let mut t = table(&["#", "id", "token", "text", "bytes"]);
+        let mut t = table(&["#", "id", "token", "text", "offsets"]);
         for (i, tok) in r.tokens.iter().enumerate() {
-            let token = if tok.special {
-                format!("{} (special)", tok.token)
-            } else {
-                tok.token.clone()
-            };
-            let span = if r.input.is_some() {
-                format!("{}..{}", tok.start, tok.end)
-            } else {
-                "-".into()
+            let token =
+                if tok.special { format!("{} (special)", tok.token) } else { tok.token.clone() };
+            let span = match (tok.start, tok.end) {
+                (Some(s), Some(e)) => format!("{s}..{e}"),
+                _ => "-".into(),
             };
             t.add_row(vec![
                 i.to_string(),
@@ -123,14 +119,17 @@ pub fn logits(format: Format, r: &LogitsReport) -> Result<()> {
             "logits shape: [{}, {}, {}]  (batch, tokens, vocabulary)\n",
             r.shape[0], r.shape[1], r.shape[2]
         );
+        let f = |v: &[f32]| v.iter().map(|x| format!("{x:9.4}")).collect::<Vec<_>>().join(", ");
         for row in &r.rows {
-            let f = |v: &[f32]| {
-                v.iter()
-                    .map(|x| format!("{x:9.4}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
-            s += &format!("  [{}, ..., {}]\n", f(&row.first), f(&row.last));
+            // ">" marks the row that is ranked below.
+            let mark = if row.position == r.position { ">" } else { " " };
+            s += &format!(
+                "{mark} {:>3} {:<14} [{}, ..., {}]\n",
+                row.position,
+                visible(&row.text),
+                f(&row.first),
+                f(&row.last)
+            );
         }
         s += &format!(
             "next-token ranking after position {} ({}):\n",
@@ -188,21 +187,41 @@ pub fn argmax(format: Format, r: &ArgmaxReport) -> Result<()> {
     })
 }
 
+/// "1 new token", "2 new tokens".
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
+const SAMPLE_NOTE: &str = "note: prob is the model's probability (temperature 1); drawn with is the probability the sampler drew the token with; runner-up is the most likely token not drawn";
+
 /// One row per generated token: what was chosen, how likely, and the best alternative.
 fn steps_table(steps: &[Step]) -> String {
-    let mut t = table(&["step", "id", "token", "text", "prob", "runner-up", "prob "]);
+    let sampled = steps.iter().any(|s| s.sample_prob.is_some());
+    let mut header = vec!["step", "id", "token", "text", "prob"];
+    if sampled {
+        header.push("drawn with");
+    }
+    header.extend(["runner-up", "runner-up prob"]);
+    let mut t = table(&header);
     for (i, st) in steps.iter().enumerate() {
-        t.add_row(vec![
+        let mut row = vec![
             (i + 1).to_string(),
             st.id.to_string(),
             st.token.clone(),
             visible_bytes(&st.bytes),
             format!("{:.4}", st.prob),
-            st.runner_up_token.clone(),
-            format!("{:.4}", st.runner_up_prob),
-        ]);
+        ];
+        if let Some(p) = st.sample_prob {
+            row.push(format!("{p:.4}"));
+        }
+        row.extend([st.runner_up_token.clone(), format!("{:.4}", st.runner_up_prob)]);
+        t.add_row(row);
     }
-    right(&mut t, &[0, 1, 4, 6]);
+    let mut numeric = vec![0, 1, 4, header.len() - 1];
+    if sampled {
+        numeric.push(5);
+    }
+    right(&mut t, &numeric);
     t.to_string()
 }
 
@@ -215,13 +234,7 @@ pub fn embed(format: Format, r: &EmbedReport) -> Result<()> {
         if r.leading_space {
             s += "words are looked up after a space (\" dog\"), as the notebook's get_id does; --exact turns this off\n";
         }
-        let mut t = table(&[
-            "word",
-            "ids",
-            "tokens",
-            "norm",
-            &format!("first {} values", r.dims),
-        ]);
+        let mut t = table(&["word", "ids", "tokens", "norm", &format!("first {} values", r.dims)]);
         for w in &r.words {
             let values: Vec<String> = w.vector.iter().map(|v| format!("{v:.4}")).collect();
             let pooled = if w.pooled { " (mean)" } else { "" };
@@ -242,7 +255,7 @@ pub fn embed(format: Format, r: &EmbedReport) -> Result<()> {
 pub fn similarity(format: Format, r: &SimilarityReport) -> Result<()> {
     emit(format, r, || {
         let mut s = String::from(
-            "cosine similarity of input embeddings (1 = same direction, 0 = unrelated)\n",
+            "cosine similarity of input embeddings (1 = same direction, 0 = unrelated, -1 = opposite)\n",
         );
         if r.words.len() == 2 {
             let mut t = table(&["a", "b", "cosine"]);
@@ -289,28 +302,13 @@ pub fn model(format: Format, r: &ModelReport) -> Result<()> {
             ("num_attention_heads", c.num_attention_heads.to_string()),
             ("num_key_value_heads", c.num_key_value_heads.to_string()),
             ("head_dim", c.head_dim.to_string()),
-            (
-                "max_position_embeddings",
-                c.max_position_embeddings.to_string(),
-            ),
-            (
-                "rms_norm_eps",
-                crate::stages::model_info::python_float(c.rms_norm_eps),
-            ),
-            (
-                "rope_theta",
-                crate::stages::model_info::python_float(c.rope_theta),
-            ),
+            ("max_position_embeddings", c.max_position_embeddings.to_string()),
+            ("rms_norm_eps", crate::stages::model_info::python_float(c.rms_norm_eps)),
+            ("rope_theta", crate::stages::model_info::python_float(c.rope_theta)),
             ("tie_word_embeddings", c.tie_word_embeddings.to_string()),
-            (
-                "bos_token_id",
-                c.bos_token_id.map_or("none".into(), |v| v.to_string()),
-            ),
+            ("bos_token_id", c.bos_token_id.map_or("none".into(), |v| v.to_string())),
             ("eos_token_ids", format!("{:?}", c.eos_token_ids)),
-            (
-                "stored dtype",
-                c.stored_dtype.clone().unwrap_or_else(|| "unknown".into()),
-            ),
+            ("stored dtype", c.stored_dtype.clone().unwrap_or_else(|| "unknown".into())),
             ("compute dtype", r.dtype.clone()),
         ];
         for (k, v) in rows {
@@ -319,21 +317,11 @@ pub fn model(format: Format, r: &ModelReport) -> Result<()> {
         s += &format!("{t}\n\n");
         let mut t = table(&["parameters", "count"]);
         let n = c.num_hidden_layers;
-        let head = if p.tied {
-            "0 (tied to embed_tokens)".to_string()
-        } else {
-            group(p.lm_head)
-        };
+        let head = if p.tied { "0 (tied to embed_tokens)".to_string() } else { group(p.lm_head) };
         let rows: Vec<(String, String)> = vec![
             ("embed_tokens".into(), group(p.embed_tokens)),
-            (
-                "attention per layer (q, k, v, o)".into(),
-                group(p.attention_per_layer),
-            ),
-            (
-                "mlp per layer (gate, up, down)".into(),
-                group(p.mlp_per_layer),
-            ),
+            ("attention per layer (q, k, v, o)".into(), group(p.attention_per_layer)),
+            ("mlp per layer (gate, up, down)".into(), group(p.mlp_per_layer)),
             ("norms per layer".into(), group(p.norms_per_layer)),
             (format!("all {n} layers"), group(p.layers)),
             ("final norm".into(), group(p.norm)),
@@ -366,21 +354,20 @@ fn group(n: usize) -> String {
 /// Prints generated text as it is produced, holding back bytes until they form whole UTF-8
 /// characters (a token can end in the middle of one).
 pub struct TextStream {
+    /// The prompt, printed with the first token (so an error before it prints nothing).
+    prompt: Option<String>,
     pending: Vec<u8>,
 }
 
 impl TextStream {
-    /// Starts the stream with the prompt.
-    pub fn start(prompt: &str) -> Result<Self> {
-        let mut out = std::io::stdout().lock();
-        write!(out, "{prompt}")?;
-        out.flush()?;
-        Ok(TextStream {
-            pending: Vec::new(),
-        })
+    pub fn new(prompt: &str) -> Self {
+        TextStream { prompt: Some(prompt.to_string()), pending: Vec::new() }
     }
 
     pub fn push(&mut self, step: &Step) -> Result<()> {
+        if let Some(prompt) = self.prompt.take() {
+            write!(std::io::stdout().lock(), "{prompt}")?;
+        }
         self.pending.extend_from_slice(&step.bytes);
         let valid = match std::str::from_utf8(&self.pending) {
             Ok(s) => s.len(),
@@ -401,8 +388,8 @@ impl TextStream {
         let mut out = std::io::stdout().lock();
         writeln!(out, "{}", String::from_utf8_lossy(&self.pending))?;
         let mut summary = format!(
-            "\n[{} new tokens, {}, stopped at {}",
-            r.new_ids.len(),
+            "\n[{}, {}, stopped at {}",
+            count(r.new_ids.len(), "new token"),
             r.strategy,
             r.stopped.replace('_', "-")
         );
@@ -412,6 +399,9 @@ impl TextStream {
         writeln!(out, "{summary}]")?;
         if show_steps {
             writeln!(out, "{}", steps_table(&r.steps))?;
+            if r.seed.is_some() {
+                writeln!(out, "{SAMPLE_NOTE}")?;
+            }
         }
         out.flush()?;
         Ok(())

@@ -24,13 +24,7 @@ pub enum Strategy {
 impl Strategy {
     /// Checks the parameters a user gave.
     pub fn validate(&self, vocab: usize) -> Result<()> {
-        if let Strategy::Sample {
-            temperature,
-            top_k,
-            top_p,
-            ..
-        } = self
-        {
+        if let Strategy::Sample { temperature, top_k, top_p, .. } = self {
             ensure!(
                 temperature.is_finite() && *temperature > 0.0,
                 "--temperature must be a positive number, got {temperature}"
@@ -65,10 +59,7 @@ pub fn probabilities(logits: &[f32], temperature: f64) -> Vec<f64> {
     if temperature == 1.0 {
         return softmax_f64(logits);
     }
-    let scaled: Vec<f32> = logits
-        .iter()
-        .map(|&l| (l as f64 / temperature) as f32)
-        .collect();
+    let scaled: Vec<f32> = logits.iter().map(|&l| (l as f64 / temperature) as f32).collect();
     softmax_f64(&scaled)
 }
 

@@ -29,11 +29,7 @@ pub enum ModelSpec {
 /// The local files of a model, ready to load.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelFiles {
-    Safetensors {
-        config: PathBuf,
-        tokenizer: PathBuf,
-        weights: Vec<PathBuf>,
-    },
+    Safetensors { config: PathBuf, tokenizer: PathBuf, weights: Vec<PathBuf> },
     Gguf(PathBuf),
 }
 
@@ -66,9 +62,7 @@ impl ModelSpec {
         ensure!(!looks_like_path, "model path {model} does not exist");
         let valid_id = model.split('/').all(|part| {
             !part.is_empty()
-                && part
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && part.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
                 && !part.starts_with(['-', '.'])
         });
         ensure!(
@@ -109,13 +103,9 @@ fn is_gguf_file(path: &Path) -> Result<bool> {
     let mut magic = [0u8; 4];
     let mut file =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let n = file
-        .read(&mut magic)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let n = file.read(&mut magic).with_context(|| format!("cannot read {}", path.display()))?;
     let has_magic = n == 4 && &magic == b"GGUF";
-    let named_gguf = path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    let named_gguf = path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
     ensure!(
         has_magic || !named_gguf,
         "{} is named .gguf but does not start with the GGUF magic bytes (corrupt or not a GGUF file)",
@@ -129,20 +119,13 @@ fn dir_files(dir: &Path) -> Result<ModelFiles> {
     let config = dir.join("config.json");
     let tokenizer = dir.join("tokenizer.json");
     ensure!(config.is_file(), "{} has no config.json", dir.display());
-    ensure!(
-        tokenizer.is_file(),
-        "{} has no tokenizer.json",
-        dir.display()
-    );
+    ensure!(tokenizer.is_file(), "{} has no tokenizer.json", dir.display());
     let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let weights = if single.is_file() {
         vec![single]
     } else if index.is_file() {
-        shard_names(&index)?
-            .into_iter()
-            .map(|name| dir.join(name))
-            .collect()
+        shard_names(&index)?.into_iter().map(|name| dir.join(name)).collect()
     } else {
         let ggufs: Vec<_> = std::fs::read_dir(dir)
             .with_context(|| format!("cannot list {}", dir.display()))?
@@ -150,10 +133,7 @@ fn dir_files(dir: &Path) -> Result<ModelFiles> {
             .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
             .collect();
         let hint = match ggufs.first() {
-            Some(g) => format!(
-                " (to use the GGUF file there, pass --model {})",
-                g.display()
-            ),
+            Some(g) => format!(" (to use the GGUF file there, pass --model {})", g.display()),
             None => String::new(),
         };
         bail!(
@@ -164,11 +144,7 @@ fn dir_files(dir: &Path) -> Result<ModelFiles> {
     for w in &weights {
         ensure!(w.is_file(), "weight shard {} is missing", w.display());
     }
-    Ok(ModelFiles::Safetensors {
-        config,
-        tokenizer,
-        weights,
-    })
+    Ok(ModelFiles::Safetensors { config, tokenizer, weights })
 }
 
 /// The shard file names listed in a `model.safetensors.index.json`, in order, without repeats.
@@ -202,12 +178,7 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
 /// Whether the user asked hf-hub/huggingface_hub never to touch the network.
 pub fn hub_offline() -> bool {
     std::env::var("HF_HUB_OFFLINE")
-        .map(|v| {
-            matches!(
-                v.trim().to_ascii_lowercase().as_str(),
-                "1" | "true" | "yes" | "on"
-            )
-        })
+        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes" | "on"))
         .unwrap_or(false)
 }
 
@@ -238,10 +209,7 @@ fn hub_files(repo_id: &str, revision: &str) -> Result<ModelFiles> {
         .ok()
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| "https://huggingface.co".to_string());
-    let token = std::env::var("HF_TOKEN")
-        .ok()
-        .filter(|t| !t.is_empty())
-        .or_else(|| cache.token());
+    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| cache.token());
     let api = ApiBuilder::from_cache(cache)
         .with_endpoint(endpoint.trim_end_matches('/').to_string())
         .with_token(token)
@@ -300,11 +268,7 @@ fn model_files(repo_id: &str, mut get: impl FnMut(&str) -> Option<PathBuf>) -> R
             shards
         }
     };
-    Ok(ModelFiles::Safetensors {
-        config,
-        tokenizer,
-        weights,
-    })
+    Ok(ModelFiles::Safetensors { config, tokenizer, weights })
 }
 
 #[cfg(test)]
@@ -315,10 +279,7 @@ mod tests {
     fn repo_ids_and_paths() {
         assert_eq!(
             ModelSpec::parse("HuggingFaceTB/SmolLM-135M", None).unwrap(),
-            ModelSpec::Hub {
-                repo_id: "HuggingFaceTB/SmolLM-135M".into(),
-                revision: "main".into()
-            }
+            ModelSpec::Hub { repo_id: "HuggingFaceTB/SmolLM-135M".into(), revision: "main".into() }
         );
         assert!(matches!(
             ModelSpec::parse("gpt2", Some("v1")).unwrap(),
@@ -351,9 +312,6 @@ mod tests {
         std::fs::write(&index, r#"{"weight_map": {"a": "../../etc/passwd"}}"#).unwrap();
         assert!(shard_names(&index).is_err());
         std::fs::write(&index, r#"{"weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-1.safetensors"}}"#).unwrap();
-        assert_eq!(
-            shard_names(&index).unwrap(),
-            vec!["m-1.safetensors", "m-2.safetensors"]
-        );
+        assert_eq!(shard_names(&index).unwrap(), vec!["m-1.safetensors", "m-2.safetensors"]);
     }
 }

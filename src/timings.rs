@@ -9,10 +9,7 @@ static SPANS: Mutex<Vec<(&'static str, Duration)>> = Mutex::new(Vec::new());
 
 /// Measures from now until the guard is dropped, under `name`.
 pub fn span(name: &'static str) -> Span {
-    Span {
-        name,
-        start: Instant::now(),
-    }
+    Span { name, start: Instant::now() }
 }
 
 pub struct Span {

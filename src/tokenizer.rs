@@ -28,9 +28,12 @@ pub struct Token {
     pub text: String,
     /// The exact bytes this token decodes to.
     pub bytes: Vec<u8>,
-    /// Byte offsets of the token in the input text (`start..end`).
-    pub start: usize,
-    pub end: usize,
+    /// Byte offsets of the token in the input text (`start..end`); absent for a token that did
+    /// not come from a text (`tokenize --ids`, generated tokens) or that the tokenizer added.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub start: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end: Option<usize>,
     /// Whether this is a special token such as `<|im_start|>`.
     pub special: bool,
 }
@@ -61,10 +64,8 @@ impl Tokenizer {
             &std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
         )
         .with_context(|| format!("invalid tokenizer {}", path.display()))?;
-        let byte_level = json
-            .get("decoder")
-            .map(|d| d.to_string().contains("\"ByteLevel\""))
-            .unwrap_or(false);
+        let byte_level =
+            json.get("decoder").map(|d| d.to_string().contains("\"ByteLevel\"")).unwrap_or(false);
         Ok(Self::wrap(inner, byte_level, None))
     }
 
@@ -82,10 +83,7 @@ impl Tokenizer {
                 .as_array()
                 .context("tokenizer.ggml.token_type is not an array")?
                 .iter()
-                .map(|t| {
-                    t.as_u64()
-                        .context("tokenizer.ggml.token_type holds a non-integer")
-                })
+                .map(|t| t.as_u64().context("tokenizer.ggml.token_type holds a non-integer"))
                 .collect::<Result<_>>()?,
             None => vec![1; tokens.len()],
         };
@@ -115,10 +113,7 @@ impl Tokenizer {
             .map_err(|e| anyhow!("cannot build the BPE model from the GGUF vocabulary: {e}"))?;
 
         // The pre-tokenizer decides where BPE may merge. llama.cpp names it in tokenizer.ggml.pre.
-        let pre = gguf
-            .get("tokenizer.ggml.pre")
-            .and_then(|v| v.as_str())
-            .unwrap_or("default");
+        let pre = gguf.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
         let byte_level = ByteLevel::new(false, true, true);
         let pre_tokenizer: PreTokenizerWrapper = match pre {
             // SmolLM's tokenizer.json: every digit on its own, then GPT-2's byte-level split.
@@ -142,40 +137,22 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&specials);
 
-        let bos = gguf
-            .get_usize("tokenizer.ggml.bos_token_id")?
-            .map(|id| id as u32);
-        let add_bos = gguf
-            .get("tokenizer.ggml.add_bos_token")
-            .and_then(|v| v.as_bool())
-            .unwrap_or(false);
+        let bos = gguf.get_usize("tokenizer.ggml.bos_token_id")?.map(|id| id as u32);
+        let add_bos =
+            gguf.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
         Ok(Self::wrap(inner, true, bos.filter(|_| add_bos)))
     }
 
     fn wrap(inner: tokenizers::Tokenizer, byte_level: bool, add_bos: Option<u32>) -> Self {
-        let char_to_byte = bytes_to_unicode()
-            .into_iter()
-            .map(|(b, c)| (c, b))
-            .collect();
-        let id_limit = inner
-            .get_vocab(true)
-            .values()
-            .max()
-            .map_or(0, |&id| id as usize + 1);
+        let char_to_byte = bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect();
+        let id_limit = inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1);
         let specials = inner
             .get_added_tokens_decoder()
             .into_iter()
             .filter(|(_, t)| t.special)
             .map(|(id, _)| id)
             .collect();
-        Tokenizer {
-            inner,
-            byte_level,
-            char_to_byte,
-            add_bos,
-            id_limit,
-            specials,
-        }
+        Tokenizer { inner, byte_level, char_to_byte, add_bos, id_limit, specials }
     }
 
     /// Number of ids the tokenizer can produce (vocabulary plus added tokens).
@@ -191,16 +168,14 @@ impl Tokenizer {
     /// Splits a text into tokens, as `tokenizer(text)` does in transformers.
     pub fn encode(&self, text: &str) -> Result<Vec<Token>> {
         let _t = crate::timings::span("tokenize");
-        let encoding = self
-            .inner
-            .encode(text, true)
-            .map_err(|e| anyhow!("cannot tokenize the text: {e}"))?;
+        let encoding =
+            self.inner.encode(text, true).map_err(|e| anyhow!("cannot tokenize the text: {e}"))?;
         let mut tokens = Vec::with_capacity(encoding.len() + 1);
         if let Some(bos) = self.add_bos {
-            tokens.push(self.token(bos, 0, 0)?);
+            tokens.push(self.token(bos, None)?);
         }
         for (&id, &(start, end)) in encoding.get_ids().iter().zip(encoding.get_offsets()) {
-            tokens.push(self.token(id, start, end)?);
+            tokens.push(self.token(id, Some((start, end)))?);
         }
         Ok(tokens)
     }
@@ -215,22 +190,18 @@ impl Tokenizer {
         for &id in ids {
             self.check_id(id)?;
         }
-        self.inner
-            .decode(ids, false)
-            .map_err(|e| anyhow!("cannot decode ids: {e}"))
+        self.inner.decode(ids, false).map_err(|e| anyhow!("cannot decode ids: {e}"))
     }
 
-    /// Describes one id (offsets 0..0: it did not come from a text).
+    /// Describes one id (no offsets: it did not come from a text).
     pub fn describe(&self, id: u32) -> Result<Token> {
-        self.token(id, 0, 0)
+        self.token(id, None)
     }
 
     /// The vocabulary string of an id (`ĠHelsinki`).
     pub fn id_to_token(&self, id: u32) -> Result<String> {
         self.check_id(id)?;
-        self.inner
-            .id_to_token(id)
-            .with_context(|| format!("token id {id} has no vocabulary entry"))
+        self.inner.id_to_token(id).with_context(|| format!("token id {id} has no vocabulary entry"))
     }
 
     /// The id of a vocabulary string, if it is one.
@@ -247,7 +218,7 @@ impl Tokenizer {
         Ok(())
     }
 
-    fn token(&self, id: u32, start: usize, end: usize) -> Result<Token> {
+    fn token(&self, id: u32, offsets: Option<(usize, usize)>) -> Result<Token> {
         let token = self.id_to_token(id)?;
         let special = self.specials.contains(&id);
         let bytes = if special {
@@ -271,8 +242,8 @@ impl Tokenizer {
             text: String::from_utf8_lossy(&bytes).into_owned(),
             token,
             bytes,
-            start,
-            end,
+            start: offsets.map(|o| o.0),
+            end: offsets.map(|o| o.1),
             special,
         })
     }
@@ -285,10 +256,7 @@ fn string_array<'a>(gguf: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
         .as_array()
         .with_context(|| format!("metadata key {key} is not an array"))?
         .iter()
-        .map(|v| {
-            v.as_str()
-                .with_context(|| format!("{key} holds a non-string"))
-        })
+        .map(|v| v.as_str().with_context(|| format!("{key} holds a non-string")))
         .collect()
 }
 

@@ -11,22 +11,15 @@ fn tiny() -> String {
 #[test]
 fn tokenize_json_has_ids_tokens_offsets_and_decoded() {
     let gguf = real_model();
-    let j = lmscope_json(&[
-        "--model",
-        gguf.to_str().unwrap(),
-        "tokenize",
-        "The capital of Finland is",
-    ]);
+    let j =
+        lmscope_json(&["--model", gguf.to_str().unwrap(), "tokenize", "The capital of Finland is"]);
     assert_eq!(j["ids"], serde_json::json!([504, 3575, 282, 17446, 314]));
     assert_eq!(j["decoded"], "The capital of Finland is");
     let t = &j["tokens"][3];
     assert_eq!(t["id"], 17446);
     assert_eq!(t["token"], "ĠFinland");
     assert_eq!(t["text"], " Finland");
-    assert_eq!(
-        (t["start"].as_u64(), t["end"].as_u64()),
-        (Some(14), Some(22))
-    );
+    assert_eq!((t["start"].as_u64(), t["end"].as_u64()), (Some(14), Some(22)));
 }
 
 #[test]
@@ -52,10 +45,7 @@ fn tokenize_table_explains_the_g() {
     assert!(out.status.success());
     let stdout = String::from_utf8(out.stdout).unwrap();
     assert!(stdout.contains("input_ids: ["), "{stdout}");
-    assert!(
-        stdout.contains("Ġ in a token stands for a space"),
-        "{stdout}"
-    );
+    assert!(stdout.contains("Ġ in a token stands for a space"), "{stdout}");
 }
 
 #[test]
@@ -94,28 +84,13 @@ fn logits_without_full_has_no_row() {
 fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
     let t = tiny();
     let cases: Vec<(Vec<&str>, &str)> = vec![
-        (
-            vec!["--model", "./missing-model.gguf", "tokenize", "x"],
-            "does not exist",
-        ),
+        (vec!["--model", "./missing-model.gguf", "tokenize", "x"], "does not exist"),
         (vec!["--model", &t, "tokenize", ""], "text is empty"),
         (vec!["--model", &t, "logits", ""], "text is empty"),
-        (
-            vec!["--model", &t, "logits", "hi", "--top-k", "0"],
-            "--top-k must be between 1",
-        ),
-        (
-            vec!["--model", &t, "logits", "hi", "--top-k", "513"],
-            "--top-k must be between 1",
-        ),
-        (
-            vec!["--model", &t, "logits", "hi", "--position", "7"],
-            "out of range",
-        ),
-        (
-            vec!["--model", &t, "tokenize", "--ids", "5000"],
-            "out of range",
-        ),
+        (vec!["--model", &t, "logits", "hi", "--top-k", "0"], "--top-k must be between 1"),
+        (vec!["--model", &t, "logits", "hi", "--top-k", "513"], "--top-k must be between 1"),
+        (vec!["--model", &t, "logits", "hi", "--position", "7"], "out of range"),
+        (vec!["--model", &t, "tokenize", "--ids", "5000"], "out of range"),
     ];
     for (args, expected) in cases {
         let stderr = lmscope_err(&args);
@@ -127,15 +102,9 @@ fn bad_input_is_one_clear_line_and_a_nonzero_exit() {
 
 #[test]
 fn usage_errors_exit_with_2() {
-    let out = lmscope()
-        .args(["logits", "hi", "--top-k", "many"])
-        .output()
-        .unwrap();
+    let out = lmscope().args(["logits", "hi", "--top-k", "many"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = lmscope()
-        .args(["--dtype", "f8", "tokenize", "hi"])
-        .output()
-        .unwrap();
+    let out = lmscope().args(["--dtype", "f8", "tokenize", "hi"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 
@@ -147,15 +116,8 @@ fn corrupt_and_truncated_gguf_files_are_clean_errors() {
     for len in [0, 3, 4, 10, 24, 100, 1000, bytes.len() / 2, bytes.len() - 1] {
         std::fs::write(&path, &bytes[..len]).unwrap();
         let stderr = lmscope_err(&["--model", path.to_str().unwrap(), "logits", "hi"]);
-        assert!(
-            stderr.starts_with("error: "),
-            "truncated at {len}: {stderr}"
-        );
-        assert_eq!(
-            stderr.trim().lines().count(),
-            1,
-            "truncated at {len}: {stderr}"
-        );
+        assert!(stderr.starts_with("error: "), "truncated at {len}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "truncated at {len}: {stderr}");
     }
 }
 
@@ -171,10 +133,7 @@ fn unsupported_architectures_are_named() {
     let path = dir.path().join("mamba.gguf");
     std::fs::write(&path, &bytes).unwrap();
     let stderr = lmscope_err(&["--model", path.to_str().unwrap(), "logits", "hi"]);
-    assert!(
-        stderr.contains("architecture \"mamba\" is not supported"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("architecture \"mamba\" is not supported"), "{stderr}");
 
     // A directory whose config.json is another architecture.
     let model = tempfile::tempdir().unwrap();
@@ -200,14 +159,7 @@ fn a_directory_without_weights_is_reported() {
 
 #[test]
 fn model_comes_from_the_environment_variable() {
-    let out = lmscope()
-        .env("LMSCOPE_MODEL", tiny())
-        .args(["tokenize", "hi", "--json"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out =
+        lmscope().env("LMSCOPE_MODEL", tiny()).args(["tokenize", "hi", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

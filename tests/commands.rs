@@ -18,11 +18,7 @@ fn tiny() -> String {
 /// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it).
 fn golden(name: &str, args: &[&str]) {
     let out = lmscope().args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let actual = String::from_utf8(out.stdout).unwrap();
     let path = repo_path(&format!("tests/golden/{name}.txt"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
@@ -30,78 +26,28 @@ fn golden(name: &str, args: &[&str]) {
         return;
     }
     let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!(
-            "{} is missing: run UPDATE_GOLDEN=1 cargo test --test commands",
-            path.display()
-        )
+        panic!("{} is missing: run UPDATE_GOLDEN=1 cargo test --test commands", path.display())
     });
-    assert_eq!(
-        actual,
-        expected,
-        "output of {args:?} differs from {}",
-        path.display()
-    );
+    assert_eq!(actual, expected, "output of {args:?} differs from {}", path.display());
 }
 
 #[test]
 fn golden_tables_on_the_tiny_model() {
     let t = "fixtures/tiny-llama".to_string();
-    golden(
-        "tokenize",
-        &["--model", &t, "tokenize", "The capital of Finland is"],
-    );
-    golden(
-        "tokenize_ids",
-        &["--model", &t, "tokenize", "--ids", "277,308,1"],
-    );
+    golden("tokenize", &["--model", &t, "tokenize", "The capital of Finland is"]);
+    golden("tokenize_ids", &["--model", &t, "tokenize", "--ids", "277,308,1"]);
     golden(
         "logits",
-        &[
-            "--model",
-            &t,
-            "logits",
-            "The capital of Finland is",
-            "-k",
-            "5",
-            "--temperature",
-            "2",
-        ],
+        &["--model", &t, "logits", "The capital of Finland is", "-k", "5", "--temperature", "2"],
     );
-    golden(
-        "argmax",
-        &[
-            "--model",
-            &t,
-            "argmax",
-            "The capital of Finland is",
-            "--steps",
-            "3",
-        ],
-    );
-    golden(
-        "embed",
-        &["--model", &t, "embed", "dog", "cat", "--dims", "4"],
-    );
-    golden(
-        "similarity_pair",
-        &["--model", &t, "similarity", "dog", "cat"],
-    );
-    golden(
-        "similarity_matrix",
-        &["--model", &t, "similarity", "dog", "cat", "hat"],
-    );
+    golden("argmax", &["--model", &t, "argmax", "The capital of Finland is", "--steps", "3"]);
+    golden("embed", &["--model", &t, "embed", "dog", "cat", "--dims", "4"]);
+    golden("similarity_pair", &["--model", &t, "similarity", "dog", "cat"]);
+    golden("similarity_matrix", &["--model", &t, "similarity", "dog", "cat", "hat"]);
     golden("model", &["--model", &t, "model"]);
     golden(
         "generate",
-        &[
-            "--model",
-            &t,
-            "generate",
-            "The capital",
-            "--max-new-tokens",
-            "8",
-            "--show-steps",
-        ],
+        &["--model", &t, "generate", "The capital", "--max-new-tokens", "8", "--show-steps"],
     );
 }
 
@@ -109,14 +55,7 @@ fn golden_tables_on_the_tiny_model() {
 fn golden_argmax_on_the_real_model() {
     golden(
         "smollm2_argmax",
-        &[
-            "--model",
-            &gguf(),
-            "argmax",
-            "The capital of Finland is",
-            "--steps",
-            "3",
-        ],
+        &["--model", &gguf(), "argmax", "The capital of Finland is", "--steps", "3"],
     );
 }
 
@@ -126,22 +65,11 @@ fn logits_probabilities_match_transformers() {
     for case in reference["cases"].as_array().unwrap().iter().take(4) {
         let text = case["text"].as_str().unwrap();
         let j = lmscope_json(&["--model", &gguf(), "logits", text]);
-        for (got, want) in j["top"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(case["top"].as_array().unwrap())
+        for (got, want) in j["top"].as_array().unwrap().iter().zip(case["top"].as_array().unwrap())
         {
             assert_eq!(got["id"], want["id"], "{text:?}");
-            let (p, q) = (
-                got["prob"].as_f64().unwrap(),
-                want["prob"].as_f64().unwrap(),
-            );
-            assert!(
-                (p - q).abs() <= 1e-4,
-                "{text:?} id {}: prob {p} vs {q}",
-                want["id"]
-            );
+            let (p, q) = (got["prob"].as_f64().unwrap(), want["prob"].as_f64().unwrap());
+            assert!((p - q).abs() <= 1e-4, "{text:?} id {}: prob {p} vs {q}", want["id"]);
         }
     }
 }
@@ -161,32 +89,16 @@ fn greedy_continuations_match_transformers() {
     let reference = json("fixtures/smollm2/generate.json");
     for case in reference["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
-        let j = lmscope_json(&[
-            "--model",
-            &gguf(),
-            "generate",
-            text,
-            "--max-new-tokens",
-            "20",
-        ]);
+        let j = lmscope_json(&["--model", &gguf(), "generate", text, "--max-new-tokens", "20"]);
         assert_eq!(j["new_ids"], case["new_ids"], "continuation of {text:?}");
         assert_eq!(j["text"], case["generated_text"], "text of {text:?}");
-        let stopped = if case["stopped_at_eos"].as_bool().unwrap() {
-            "eos"
-        } else {
-            "max_new_tokens"
-        };
+        let stopped =
+            if case["stopped_at_eos"].as_bool().unwrap() { "eos" } else { "max_new_tokens" };
         assert_eq!(j["stopped"], stopped, "{text:?}");
-        for (got, want) in j["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .zip(case["steps"].as_array().unwrap())
+        for (got, want) in
+            j["steps"].as_array().unwrap().iter().zip(case["steps"].as_array().unwrap())
         {
-            let (p, q) = (
-                got["prob"].as_f64().unwrap(),
-                want["prob"].as_f64().unwrap(),
-            );
+            let (p, q) = (got["prob"].as_f64().unwrap(), want["prob"].as_f64().unwrap());
             assert!((p - q).abs() <= 1e-4, "{text:?}: step prob {p} vs {q}");
             assert_eq!(got["runner_up_id"], want["runner_up_id"], "{text:?}");
         }
@@ -205,12 +117,7 @@ fn argmax_steps_equal_greedy_generation() {
         "--steps",
         "6",
     ]);
-    let ids: Vec<_> = j["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].clone())
-        .collect();
+    let ids: Vec<_> = j["steps"].as_array().unwrap().iter().map(|s| s["id"].clone()).collect();
     assert_eq!(ids, case["new_ids"].as_array().unwrap()[..6].to_vec());
 }
 
@@ -231,11 +138,8 @@ fn embeddings_and_cosines_match_transformers() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let j = lmscope_json(&args);
     assert_eq!(j["shape"], reference["embedding_shape"]);
-    for (got, want) in j["words"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .zip(reference["words"].as_array().unwrap())
+    for (got, want) in
+        j["words"].as_array().unwrap().iter().zip(reference["words"].as_array().unwrap())
     {
         assert_eq!(got["ids"][0], want["id"]);
         let d = got["vector"]
@@ -246,22 +150,11 @@ fn embeddings_and_cosines_match_transformers() {
             .map(|(a, b)| (a.as_f64().unwrap() - b.as_f64().unwrap()).abs())
             .fold(0.0, f64::max);
         assert!(d <= 1e-6, "{}: vector differs by {d}", want["word"]);
-        let (n, m) = (
-            got["norm"].as_f64().unwrap(),
-            want["norm"].as_f64().unwrap(),
-        );
+        let (n, m) = (got["norm"].as_f64().unwrap(), want["norm"].as_f64().unwrap());
         assert!((n - m).abs() <= 1e-5, "norm {n} vs {m}");
     }
-    let sims = lmscope_json(&[
-        "--model",
-        &gguf(),
-        "similarity",
-        "dog",
-        "cat",
-        "hat",
-        "king",
-        "queen",
-    ]);
+    let sims =
+        lmscope_json(&["--model", &gguf(), "similarity", "dog", "cat", "hat", "king", "queen"]);
     for want in reference["cosine_similarities"].as_array().unwrap() {
         let got = sims["pairs"]
             .as_array()
@@ -269,16 +162,8 @@ fn embeddings_and_cosines_match_transformers() {
             .iter()
             .find(|p| p["a"] == want["a"] && p["b"] == want["b"])
             .unwrap_or_else(|| panic!("pair {want}"));
-        let (c, r) = (
-            got["cosine"].as_f64().unwrap(),
-            want["cosine_f64"].as_f64().unwrap(),
-        );
-        assert!(
-            (c - r).abs() <= 1e-5,
-            "{} {}: {c} vs {r}",
-            want["a"],
-            want["b"]
-        );
+        let (c, r) = (got["cosine"].as_f64().unwrap(), want["cosine_f64"].as_f64().unwrap());
+        assert!((c - r).abs() <= 1e-5, "{} {}: {c} vs {r}", want["a"], want["b"]);
     }
     assert_eq!(sims["matrix"].as_array().unwrap().len(), 5);
 }
@@ -328,18 +213,8 @@ fn sampling_is_reproducible_with_a_seed() {
         "--max-new-tokens",
         "5",
     ]);
-    let greedy = lmscope_json(&[
-        "--model",
-        &tiny(),
-        "generate",
-        "hello",
-        "--max-new-tokens",
-        "5",
-    ]);
-    assert_eq!(
-        j["new_ids"], greedy["new_ids"],
-        "top-k 1 sampling is greedy"
-    );
+    let greedy = lmscope_json(&["--model", &tiny(), "generate", "hello", "--max-new-tokens", "5"]);
+    assert_eq!(j["new_ids"], greedy["new_ids"], "top-k 1 sampling is greedy");
     assert_eq!(j["seed"], 3);
 }
 
@@ -362,40 +237,20 @@ fn bad_input_gives_one_line_errors() {
     let t = tiny();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (vec!["argmax", ""], "text is empty"),
-        (
-            vec!["argmax", "hi", "--steps", "0"],
-            "--steps must be at least 1",
-        ),
-        (
-            vec!["generate", "hi", "--max-new-tokens", "0"],
-            "at least 1",
-        ),
-        (
-            vec!["generate", "hi", "--max-new-tokens", "100000"],
-            "does not fit",
-        ),
+        (vec!["argmax", "hi", "--steps", "0"], "--steps must be at least 1"),
+        (vec!["generate", "hi", "--max-new-tokens", "0"], "at least 1"),
+        (vec!["generate", "", "--max-new-tokens", "3"], "text is empty"),
+        (vec!["generate", "hi", "--max-new-tokens", "100000"], "does not fit"),
         (
             vec!["generate", "hi", "--sample", "--temperature", "0"],
             "--temperature must be a positive",
         ),
-        (
-            vec!["generate", "hi", "--sample", "--top-p", "1.5"],
-            "--top-p must be in (0, 1]",
-        ),
-        (
-            vec!["generate", "hi", "--sample", "--top-k", "0"],
-            "--top-k must be between 1",
-        ),
-        (
-            vec!["logits", "hi", "--temperature", "-1"],
-            "--temperature must be a positive",
-        ),
+        (vec!["generate", "hi", "--sample", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+        (vec!["generate", "hi", "--sample", "--top-k", "0"], "--top-k must be between 1"),
+        (vec!["logits", "hi", "--temperature", "-1"], "--temperature must be a positive"),
         (vec!["embed", "hello world"], "is not a single token"),
         (vec!["embed", ""], "empty"),
-        (
-            vec!["embed", "dog", "--dims", "65"],
-            "--dims must be between 1",
-        ),
+        (vec!["embed", "dog", "--dims", "65"], "--dims must be between 1"),
         (vec!["tokenize", "--ids", "1,99999"], "out of range"),
     ];
     for (args, expected) in cases {
@@ -419,12 +274,7 @@ fn usage_errors_exit_2() {
         vec!["embed", "dog", "--pool", "max"],
         vec!["logits", "hi", "--top-k", "-3"],
     ] {
-        let out = lmscope()
-            .arg("--model")
-            .arg(tiny())
-            .args(&args)
-            .output()
-            .unwrap();
+        let out = lmscope().arg("--model").arg(tiny()).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!String::from_utf8_lossy(&out.stderr).contains("panicked"));
     }
@@ -435,13 +285,7 @@ fn usage_errors_exit_2() {
 fn non_utf8_arguments_are_refused_cleanly() {
     use std::os::unix::ffi::OsStrExt;
     let bad = std::ffi::OsStr::from_bytes(b"caf\xe9");
-    let out = lmscope()
-        .arg("--model")
-        .arg(tiny())
-        .arg("tokenize")
-        .arg(bad)
-        .output()
-        .unwrap();
+    let out = lmscope().arg("--model").arg(tiny()).arg("tokenize").arg(bad).output().unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -451,17 +295,8 @@ fn non_utf8_arguments_are_refused_cleanly() {
 #[test]
 fn output_piped_into_head_does_not_panic() {
     for args in [
-        vec![
-            "generate",
-            "The capital",
-            "--max-new-tokens",
-            "40",
-            "--show-steps",
-        ],
-        vec![
-            "tokenize",
-            "a b c d e f g h i j k l m n o p q r s t u v w x y z",
-        ],
+        vec!["generate", "The capital", "--max-new-tokens", "40", "--show-steps"],
+        vec!["tokenize", "a b c d e f g h i j k l m n o p q r s t u v w x y z"],
         vec!["model"],
     ] {
         let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("lmscope"))
@@ -473,21 +308,11 @@ fn output_piped_into_head_does_not_panic() {
             .spawn()
             .unwrap();
         let mut first = [0u8; 8];
-        child
-            .stdout
-            .as_mut()
-            .unwrap()
-            .read_exact(&mut first)
-            .unwrap();
+        child.stdout.as_mut().unwrap().read_exact(&mut first).unwrap();
         drop(child.stdout.take()); // the reader goes away, like `| head -c 8`
         let status = child.wait().unwrap();
         let mut stderr = String::new();
-        child
-            .stderr
-            .take()
-            .unwrap()
-            .read_to_string(&mut stderr)
-            .unwrap();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
         assert!(status.success(), "{args:?}: {status} {stderr}");
     }

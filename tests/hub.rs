@@ -15,31 +15,14 @@ const REPO: &str = "lmscope-test/tiny-llama";
 /// The top-5 ids lmscope prints for a prompt with the given extra environment.
 fn top_ids(envs: &[(&str, &str)], model: &str) -> Vec<u64> {
     let mut cmd = lmscope();
-    cmd.args([
-        "--model",
-        model,
-        "logits",
-        "The capital of Finland is",
-        "--top-k",
-        "5",
-        "--json",
-    ]);
+    cmd.args(["--model", model, "logits", "The capital of Finland is", "--top-k", "5", "--json"]);
     for (k, v) in envs {
         cmd.env(k, v);
     }
     let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "lmscope failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "lmscope failed: {}", String::from_utf8_lossy(&out.stderr));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    json["top"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t["id"].as_u64().unwrap())
-        .collect()
+    json["top"].as_array().unwrap().iter().map(|t| t["id"].as_u64().unwrap()).collect()
 }
 
 #[test]
@@ -47,15 +30,9 @@ fn downloads_from_a_hub_endpoint_into_the_cache() {
     let server = HubServer::start(REPO, tiny_dir());
     let home = tempfile::tempdir().unwrap();
     let home_str = home.path().to_str().unwrap();
-    let from_hub = top_ids(
-        &[("HF_ENDPOINT", &server.endpoint), ("HF_HOME", home_str)],
-        REPO,
-    );
+    let from_hub = top_ids(&[("HF_ENDPOINT", &server.endpoint), ("HF_HOME", home_str)], REPO);
     let from_dir = top_ids(&[], tiny_dir().to_str().unwrap());
-    assert_eq!(
-        from_hub, from_dir,
-        "the same model through the Hub gives the same ranking"
-    );
+    assert_eq!(from_hub, from_dir, "the same model through the Hub gives the same ranking");
     assert!(server.requests.load(Ordering::SeqCst) > 0);
 
     // The files landed in the standard cache layout that Python's huggingface_hub also reads.
@@ -63,19 +40,12 @@ fn downloads_from_a_hub_endpoint_into_the_cache() {
     let main_ref = std::fs::read_to_string(repo_dir.join("refs/main")).unwrap();
     assert_eq!(main_ref.trim(), COMMIT);
     for file in ["config.json", "tokenizer.json", "model.safetensors"] {
-        assert!(
-            repo_dir.join("snapshots").join(COMMIT).join(file).exists(),
-            "{file} cached"
-        );
+        assert!(repo_dir.join("snapshots").join(COMMIT).join(file).exists(), "{file} cached");
     }
 
     // A second run is served from the cache, even with the endpoint gone and offline mode on.
     let again = top_ids(
-        &[
-            ("HF_ENDPOINT", "http://127.0.0.1:9"),
-            ("HF_HOME", home_str),
-            ("HF_HUB_OFFLINE", "1"),
-        ],
+        &[("HF_ENDPOINT", "http://127.0.0.1:9"), ("HF_HOME", home_str), ("HF_HUB_OFFLINE", "1")],
         REPO,
     );
     assert_eq!(again, from_dir);
@@ -108,18 +78,11 @@ fn offline_mode_reads_a_prepopulated_cache_without_network() {
         REPO,
     );
     assert_eq!(ids, top_ids(&[], tiny_dir().to_str().unwrap()));
-    assert_eq!(
-        server.requests.load(Ordering::SeqCst),
-        0,
-        "offline mode touched the network"
-    );
+    assert_eq!(server.requests.load(Ordering::SeqCst), 0, "offline mode touched the network");
 
     // HF_HUB_CACHE points straight at the hub folder.
     let ids = top_ids(
-        &[
-            ("HF_HUB_CACHE", home.path().join("hub").to_str().unwrap()),
-            ("HF_HUB_OFFLINE", "1"),
-        ],
+        &[("HF_HUB_CACHE", home.path().join("hub").to_str().unwrap()), ("HF_HUB_OFFLINE", "1")],
         REPO,
     );
     assert_eq!(ids, top_ids(&[], tiny_dir().to_str().unwrap()));
@@ -152,10 +115,7 @@ fn an_unreachable_hub_is_a_clear_error_naming_the_offline_route() {
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("cannot download HuggingFaceTB/SmolLM-135M"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("cannot download HuggingFaceTB/SmolLM-135M"), "{stderr}");
     assert!(stderr.contains("scripts/fetch-model.sh"), "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
@@ -187,27 +147,13 @@ fn revision_and_token_reach_the_hub() {
         .env("HF_TOKEN", "hf_test_token")
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let log = server.log();
     assert!(
-        log.iter()
-            .any(|l| l.contains("/lmscope-test/tiny-llama/resolve/v1.0/config.json")),
+        log.iter().any(|l| l.contains("/lmscope-test/tiny-llama/resolve/v1.0/config.json")),
         "{log:?}"
     );
-    assert!(
-        log.iter()
-            .any(|l| l == "authorization: Bearer hf_test_token"),
-        "{log:?}"
-    );
+    assert!(log.iter().any(|l| l == "authorization: Bearer hf_test_token"), "{log:?}");
     let repo_dir = home.path().join("hub/models--lmscope-test--tiny-llama");
-    assert_eq!(
-        std::fs::read_to_string(repo_dir.join("refs/v1.0"))
-            .unwrap()
-            .trim(),
-        COMMIT
-    );
+    assert_eq!(std::fs::read_to_string(repo_dir.join("refs/v1.0")).unwrap().trim(), COMMIT);
 }

@@ -21,19 +21,12 @@ fn smollm2() -> &'static LoadedModel {
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn f32_le_base64(s: &str) -> Vec<f32> {
     let bytes = base64::engine::general_purpose::STANDARD.decode(s).unwrap();
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
 #[test]
@@ -53,27 +46,13 @@ fn top10_and_last_position_logits_match_transformers() {
     for case in cases {
         let text = case["text"].as_str().unwrap();
         let expected_ids = ids(&case["ids"]);
-        assert_eq!(
-            m.tokenizer.encode_ids(text).unwrap(),
-            expected_ids,
-            "ids of {text:?}"
-        );
+        assert_eq!(m.tokenizer.encode_ids(text).unwrap(), expected_ids, "ids of {text:?}");
         let logits = m.model.logits(&expected_ids).unwrap().squeeze(0).unwrap();
-        let last: Vec<f32> = logits
-            .get(expected_ids.len() - 1)
-            .unwrap()
-            .to_vec1()
-            .unwrap();
+        let last: Vec<f32> = logits.get(expected_ids.len() - 1).unwrap().to_vec1().unwrap();
         let reference_last = f32_le_base64(case["last_logits_f32le_b64"].as_str().unwrap());
-        let max_diff = last
-            .iter()
-            .zip(&reference_last)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max);
-        assert!(
-            max_diff <= 1e-3,
-            "{text:?}: max |logit difference| {max_diff} > 1e-3"
-        );
+        let max_diff =
+            last.iter().zip(&reference_last).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        assert!(max_diff <= 1e-3, "{text:?}: max |logit difference| {max_diff} > 1e-3");
 
         let mut order: Vec<usize> = (0..last.len()).collect();
         order.sort_by(|&a, &b| last[b].total_cmp(&last[a]));
@@ -93,14 +72,7 @@ fn the_notebook_prompt_ranks_the_first_and_helsinki_second() {
     let m = smollm2();
     let ids = m.tokenizer.encode_ids("The capital of Finland is").unwrap();
     assert_eq!(ids, vec![504, 3575, 282, 17446, 314]);
-    let logits = m
-        .model
-        .logits(&ids)
-        .unwrap()
-        .squeeze(0)
-        .unwrap()
-        .get(4)
-        .unwrap();
+    let logits = m.model.logits(&ids).unwrap().squeeze(0).unwrap().get(4).unwrap();
     let row: Vec<f32> = logits.to_vec1().unwrap();
     let mut order: Vec<usize> = (0..row.len()).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
@@ -129,19 +101,11 @@ fn tokenizer_matches_the_reference_on_the_corpus() {
         let got: Vec<u32> = tokens.iter().map(|t| t.id).collect();
         assert_eq!(got, ids(&case["ids"]), "ids of {text:?}");
         let pieces: Vec<&str> = tokens.iter().map(|t| t.token.as_str()).collect();
-        let expected: Vec<&str> = case["tokens"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|t| t.as_str().unwrap())
-            .collect();
+        let expected: Vec<&str> =
+            case["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
         assert_eq!(pieces, expected, "tokens of {text:?}");
         let decoded = m.tokenizer.decode(&got).unwrap();
-        assert_eq!(
-            decoded,
-            case["decoded"].as_str().unwrap(),
-            "decode of {text:?}"
-        );
+        assert_eq!(decoded, case["decoded"].as_str().unwrap(), "decode of {text:?}");
         assert_eq!(decoded, text, "decode(encode(s)) == s for {text:?}");
         // The token texts concatenate back to the input bytes.
         let bytes: Vec<u8> = tokens.iter().flat_map(|t| t.bytes.clone()).collect();
@@ -165,29 +129,11 @@ fn kv_cache_decoding_equals_full_passes_on_the_real_model() {
     let mut cache = KvCache::new();
     let mut next = m.model.next_logits(&ids, &mut cache).unwrap();
     for _ in 0..5 {
-        let full = m
-            .model
-            .logits(&ids)
-            .unwrap()
-            .squeeze(0)
-            .unwrap()
-            .get(ids.len() - 1)
-            .unwrap();
-        let d = (&next - &full)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let full = m.model.logits(&ids).unwrap().squeeze(0).unwrap().get(ids.len() - 1).unwrap();
+        let d = (&next - &full).unwrap().abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
         // Not bit-identical: the cached pass multiplies (1, c) rows where the full pass multiplies
         // (n, c) blocks, so f32 sums are added in another order (~1e-5 relative on logits ~10).
-        assert!(
-            d <= 5e-4,
-            "cached vs full logits differ by {d} after {} tokens",
-            ids.len()
-        );
+        assert!(d <= 5e-4, "cached vs full logits differ by {d} after {} tokens", ids.len());
         let id = next.argmax(0).unwrap().to_scalar::<u32>().unwrap();
         ids.push(id);
         next = m.model.next_logits(&[id], &mut cache).unwrap();

@@ -23,28 +23,16 @@ fn floats(v: &Value) -> Vec<f32> {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "different sizes");
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
 }
 
 fn flat(t: &Tensor) -> Vec<f32> {
-    t.flatten_all()
-        .unwrap()
-        .to_dtype(DType::F32)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
+    t.flatten_all().unwrap().to_dtype(DType::F32).unwrap().to_vec1().unwrap()
 }
 
 #[test]
@@ -54,11 +42,7 @@ fn safetensors_logits_match_transformers_at_every_position() {
     for case in reference["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let expected_ids = ids(&case["ids"]);
-        assert_eq!(
-            m.tokenizer.encode_ids(text).unwrap(),
-            expected_ids,
-            "ids of {text:?}"
-        );
+        assert_eq!(m.tokenizer.encode_ids(text).unwrap(), expected_ids, "ids of {text:?}");
         let logits = m.model.logits(&expected_ids).unwrap();
         let d = max_diff(&flat(&logits), &floats(&case["logits"]));
         assert!(d <= 1e-4, "{text:?}: max |logit difference| {d} > 1e-4");
@@ -71,15 +55,8 @@ fn captured_hidden_states_and_attentions_match_transformers() {
     let reference = json("fixtures/tiny-llama/reference.json");
     let layers = m.model.cfg.num_hidden_layers;
     for case in reference["cases"].as_array().unwrap() {
-        let input = Tensor::new(ids(&case["ids"]), &m.model.device)
-            .unwrap()
-            .unsqueeze(0)
-            .unwrap();
-        let mut cap = Capture {
-            hidden_states: true,
-            attentions: true,
-            ..Default::default()
-        };
+        let input = Tensor::new(ids(&case["ids"]), &m.model.device).unwrap().unsqueeze(0).unwrap();
+        let mut cap = Capture { hidden_states: true, attentions: true, ..Default::default() };
         m.model.forward(&input, None, Some(&mut cap)).unwrap();
         let hidden = case["hidden_states"].as_array().unwrap();
         assert_eq!(hidden.len(), layers + 1);
@@ -90,15 +67,9 @@ fn captured_hidden_states_and_attentions_match_transformers() {
             let d = max_diff(&flat(&cap.hidden[i]), &floats(h));
             assert!(d <= 1e-4, "hidden state {i}: {d}");
         }
-        let d = max_diff(
-            &flat(cap.final_norm.as_ref().unwrap()),
-            &floats(&hidden[layers]),
-        );
+        let d = max_diff(&flat(cap.final_norm.as_ref().unwrap()), &floats(&hidden[layers]));
         assert!(d <= 1e-4, "final norm: {d}");
-        let d = max_diff(
-            &flat(&cap.hidden[layers]),
-            &floats(&case["last_layer_output_pre_norm"]),
-        );
+        let d = max_diff(&flat(&cap.hidden[layers]), &floats(&case["last_layer_output_pre_norm"]));
         assert!(d <= 1e-4, "last layer output: {d}");
         for (i, a) in case["attentions"].as_array().unwrap().iter().enumerate() {
             let d = max_diff(&flat(&cap.attention[i]), &floats(a));
@@ -115,17 +86,10 @@ fn gguf_files_match_transformers_loading_them() {
         for case in r["cases"].as_array().unwrap() {
             let text = case["text"].as_str().unwrap();
             let expected_ids = ids(&case["ids"]);
-            assert_eq!(
-                m.tokenizer.encode_ids(text).unwrap(),
-                expected_ids,
-                "{file}: {text:?}"
-            );
+            assert_eq!(m.tokenizer.encode_ids(text).unwrap(), expected_ids, "{file}: {text:?}");
             let logits = m.model.logits(&expected_ids).unwrap();
             let d = max_diff(&flat(&logits), &floats(&case["logits"]));
-            assert!(
-                d <= 1e-4,
-                "{file} {text:?}: max |logit difference| {d} > 1e-4"
-            );
+            assert!(d <= 1e-4, "{file} {text:?}: max |logit difference| {d} > 1e-4");
         }
     }
 }
@@ -133,20 +97,14 @@ fn gguf_files_match_transformers_loading_them() {
 #[test]
 fn kv_cache_logits_equal_full_pass_logits() {
     let m = load(&tiny_dir(), DType::F32);
-    let ids = m
-        .tokenizer
-        .encode_ids("Hello, world! 123 The capital of Finland is")
-        .unwrap();
+    let ids = m.tokenizer.encode_ids("Hello, world! 123 The capital of Finland is").unwrap();
     let full = m.model.logits(&ids).unwrap().squeeze(0).unwrap(); // (n, v)
                                                                   // Prefill 3 tokens, then one token at a time.
     let mut cache = KvCache::new();
     let mut rows = vec![m
         .model
         .forward(
-            &Tensor::new(&ids[..3], &m.model.device)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap(),
+            &Tensor::new(&ids[..3], &m.model.device).unwrap().unsqueeze(0).unwrap(),
             Some(&mut cache),
             None,
         )
@@ -155,10 +113,7 @@ fn kv_cache_logits_equal_full_pass_logits() {
         .unwrap()];
     for &id in &ids[3..] {
         let step = m.model.forward(
-            &Tensor::new(&[id], &m.model.device)
-                .unwrap()
-                .unsqueeze(0)
-                .unwrap(),
+            &Tensor::new(&[id], &m.model.device).unwrap().unsqueeze(0).unwrap(),
             Some(&mut cache),
             None,
         );
@@ -191,14 +146,12 @@ fn sharded_safetensors_with_an_index_load_the_same_model() {
         std::fs::copy(tiny_dir().join(f), dir.path().join(f)).unwrap();
     }
     // Layer-0 tensors in one shard, everything else in the other.
-    let (first, second): (Vec<_>, Vec<_>) = tensors
-        .into_iter()
-        .partition(|(name, _)| name.contains("layers.0."));
+    let (first, second): (Vec<_>, Vec<_>) =
+        tensors.into_iter().partition(|(name, _)| name.contains("layers.0."));
     let mut weight_map = serde_json::Map::new();
-    for (shard, part) in [
-        ("model-00001-of-00002.safetensors", first),
-        ("model-00002-of-00002.safetensors", second),
-    ] {
+    for (shard, part) in
+        [("model-00001-of-00002.safetensors", first), ("model-00002-of-00002.safetensors", second)]
+    {
         for (name, _) in &part {
             weight_map.insert(name.clone(), shard.into());
         }
@@ -206,11 +159,7 @@ fn sharded_safetensors_with_an_index_load_the_same_model() {
         candle_core::safetensors::save(&part, dir.path().join(shard)).unwrap();
     }
     let index = serde_json::json!({"metadata": {}, "weight_map": weight_map});
-    std::fs::write(
-        dir.path().join("model.safetensors.index.json"),
-        index.to_string(),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("model.safetensors.index.json"), index.to_string()).unwrap();
 
     let m = load(dir.path(), DType::F32);
     let reference = json("fixtures/tiny-llama/reference.json");

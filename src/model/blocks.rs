@@ -83,11 +83,7 @@ impl BlockType {
 /// Where a matrix's bytes live: the memory-mapped file, or a reordered copy (Q/K projections).
 #[derive(Clone)]
 pub enum BlockBytes {
-    Mapped {
-        map: Arc<memmap2::Mmap>,
-        start: usize,
-        len: usize,
-    },
+    Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
     Owned(Arc<Vec<u8>>),
 }
 
@@ -111,11 +107,7 @@ pub struct BlockMatrix {
 
 impl std::fmt::Debug for BlockMatrix {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "BlockMatrix({:?}, {}x{})",
-            self.kind, self.rows, self.cols
-        )
+        write!(f, "BlockMatrix({:?}, {}x{})", self.kind, self.rows, self.cols)
     }
 }
 
@@ -133,12 +125,7 @@ impl BlockMatrix {
         if got != expected {
             bail!("a {rows}x{cols} {kind:?} matrix takes {expected} bytes, not {got}");
         }
-        Ok(BlockMatrix {
-            kind,
-            rows,
-            cols,
-            bytes,
-        })
+        Ok(BlockMatrix { kind, rows, cols, bytes })
     }
 
     fn row_bytes(&self) -> usize {
@@ -153,10 +140,7 @@ impl BlockMatrix {
         for &r in order {
             out.extend_from_slice(&src[r * rb..(r + 1) * rb]);
         }
-        BlockMatrix {
-            bytes: BlockBytes::Owned(Arc::new(out)),
-            ..self.clone()
-        }
+        BlockMatrix { bytes: BlockBytes::Owned(Arc::new(out)), ..self.clone() }
     }
 
     /// Dequantizes one row into `out` (cols values).
@@ -166,8 +150,7 @@ impl BlockMatrix {
         let data = &self.bytes.as_slice()[row * rb..(row + 1) * rb];
         let mut block = [0f32; BLOCK];
         for (b, chunk) in out.chunks_exact_mut(BLOCK).enumerate() {
-            self.kind
-                .dequantize(&data[b * bb..(b + 1) * bb], &mut block);
+            self.kind.dequantize(&data[b * bb..(b + 1) * bb], &mut block);
             chunk.copy_from_slice(&block);
         }
     }
@@ -178,10 +161,7 @@ impl BlockMatrix {
         for (i, &id) in ids.iter().enumerate() {
             let id = id as usize;
             if id >= self.rows {
-                bail!(
-                    "token id {id} is outside the embedding matrix ({} rows)",
-                    self.rows
-                );
+                bail!("token id {id} is outside the embedding matrix ({} rows)", self.rows);
             }
             self.dequantize_row(id, &mut out[i * self.cols..(i + 1) * self.cols]);
         }
@@ -191,9 +171,7 @@ impl BlockMatrix {
     /// The whole matrix as an f32 tensor (rows, cols), dequantized on all cores.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols)
-            .enumerate()
-            .for_each(|(r, row)| self.dequantize_row(r, row));
+        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| self.dequantize_row(r, row));
         Ok(Tensor::from_vec(out, (self.rows, self.cols), device)?)
     }
 
@@ -212,13 +190,10 @@ impl BlockMatrix {
         // Each task computes whole output rows of W, for all m inputs: out_t is (n, m).
         let mut out_t = vec![0f32; n * m];
         let rows_per_task = (n / (4 * rayon::current_num_threads())).clamp(16, 1024);
-        out_t
-            .par_chunks_mut(rows_per_task * m)
-            .enumerate()
-            .for_each(|(task, out)| {
-                let first = task * rows_per_task;
-                dot_rows(self, &x, m, first, out);
-            });
+        out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
+            let first = task * rows_per_task;
+            dot_rows(self, &x, m, first, out);
+        });
         let out = if m == 1 {
             out_t
         } else {
@@ -341,12 +316,7 @@ mod tests {
                 .unwrap()
                 .reshape((2, 64))
                 .unwrap();
-            let diff = (&rows - &expected)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap();
+            let diff = (&rows - &expected).unwrap().abs().unwrap().max_all().unwrap();
             assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0, "{kind:?} rows");
         }
     }
@@ -360,12 +330,7 @@ mod tests {
                 let x = Tensor::randn(0f32, 1.0, (rows, 96), &Device::Cpu).unwrap();
                 let ours = m.matmul_t(&x).unwrap();
                 let reference = x.matmul(&w.t().unwrap()).unwrap();
-                let diff = (&ours - &reference)
-                    .unwrap()
-                    .abs()
-                    .unwrap()
-                    .max_all()
-                    .unwrap();
+                let diff = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap();
                 let diff = diff.to_scalar::<f32>().unwrap();
                 assert!(diff < 1e-4, "{kind:?} with {rows} rows: {diff}");
             }
@@ -376,19 +341,8 @@ mod tests {
     fn row_reordering_moves_whole_rows() {
         let (_, m) = quantized(GgmlDType::Q8_0, 4, 32);
         let r = m.with_row_order(&[2, 0, 3, 1]);
-        let a = m
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        let b = r
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
-        assert_eq!(
-            b,
-            vec![a[2].clone(), a[0].clone(), a[3].clone(), a[1].clone()]
-        );
+        let a = m.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        let b = r.dequantize(&Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
+        assert_eq!(b, vec![a[2].clone(), a[0].clone(), a[3].clone(), a[1].clone()]);
     }
 }

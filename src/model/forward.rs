@@ -73,19 +73,9 @@ pub struct Capture {
 
 impl Llama {
     pub fn new(cfg: Config, weights: Weights, dtype: DType, device: Device) -> Result<Self> {
-        let rope = RopeTables::new(
-            cfg.head_dim,
-            cfg.rope_theta,
-            cfg.max_position_embeddings,
-            &device,
-        )?;
-        Ok(Llama {
-            cfg,
-            weights,
-            dtype,
-            device,
-            rope,
-        })
+        let rope =
+            RopeTables::new(cfg.head_dim, cfg.rope_theta, cfg.max_position_embeddings, &device)?;
+        Ok(Llama { cfg, weights, dtype, device, rope })
     }
 
     /// Runs the model on `ids` (b, t) and returns logits for every position, (b, t, v).
@@ -121,9 +111,7 @@ impl Llama {
         // position_embeddings = self.rotary_emb(hidden_states, position_ids)
         let (cos, sin) = self.rope.at(offset, t, self.dtype)?; // (t, d/2) each
                                                                // causal_mask: only when more than one query, as transformers skips it for one token
-        let mask = (t > 1)
-            .then(|| causal_mask(t, offset, &self.device))
-            .transpose()?; // (t, s)
+        let mask = (t > 1).then(|| causal_mask(t, offset, &self.device)).transpose()?; // (t, s)
         let mask = mask.map(|m| m.to_dtype(self.dtype)).transpose()?;
 
         for (i, layer) in w.layers.iter().enumerate() {
@@ -197,28 +185,12 @@ impl Llama {
     ) -> Result<(Tensor, Tensor)> {
         let cfg = &self.cfg;
         let (b, t, _c) = x.dims3()?;
-        let (h, kv, d) = (
-            cfg.num_attention_heads,
-            cfg.num_key_value_heads,
-            cfg.head_dim,
-        );
+        let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
 
         // query_states = q_proj(x).view(b, t, h, d).transpose(1, 2), likewise k and v
-        let q = layer
-            .q_proj
-            .forward(x)?
-            .reshape((b, t, h, d))?
-            .transpose(1, 2)?; // (b, h, t, d)
-        let k = layer
-            .k_proj
-            .forward(x)?
-            .reshape((b, t, kv, d))?
-            .transpose(1, 2)?; // (b, kv, t, d)
-        let v = layer
-            .v_proj
-            .forward(x)?
-            .reshape((b, t, kv, d))?
-            .transpose(1, 2)?; // (b, kv, t, d)
+        let q = layer.q_proj.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?; // (b, h, t, d)
+        let k = layer.k_proj.forward(x)?.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
+        let v = layer.v_proj.forward(x)?.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
 
         // apply_rotary_pos_emb(q, k, cos, sin)
         let q = rope(&q, cos, sin)?; // (b, h, t, d)

@@ -40,11 +40,7 @@ pub fn load_as(resolved: &Resolved, form: MatrixForm) -> Result<LoadedModel> {
         MatrixForm::Quantized => DType::F32,
     };
     let (cfg, tokenizer, weights) = match &resolved.files {
-        ModelFiles::Safetensors {
-            config,
-            tokenizer,
-            weights,
-        } => {
+        ModelFiles::Safetensors { config, tokenizer, weights } => {
             ensure!(
                 form != MatrixForm::Quantized,
                 "--quantized needs a GGUF model (its weights are already quantized)"
@@ -59,11 +55,7 @@ pub fn load_as(resolved: &Resolved, form: MatrixForm) -> Result<LoadedModel> {
             let gguf = GgufFile::open(path)?;
             let cfg = Config::from_gguf(&gguf)?;
             let tokenizer = Tokenizer::from_gguf(&gguf)?;
-            let source = GgufSource {
-                gguf: &gguf,
-                cfg: &cfg,
-                device: device.clone(),
-            };
+            let source = GgufSource { gguf: &gguf, cfg: &cfg, device: device.clone() };
             let weights = Weights::load(&source, &cfg, form)
                 .map_err(|e| e.context(format!("invalid GGUF file {}", path.display())))?;
             (cfg, tokenizer, weights)
@@ -76,10 +68,5 @@ pub fn load_as(resolved: &Resolved, form: MatrixForm) -> Result<LoadedModel> {
         cfg.vocab_size
     );
     let model = Llama::new(cfg, weights, dtype, device)?;
-    Ok(LoadedModel {
-        model,
-        tokenizer,
-        origin: resolved.origin.clone(),
-        form,
-    })
+    Ok(LoadedModel { model, tokenizer, origin: resolved.origin.clone(), form })
 }

@@ -66,10 +66,7 @@ impl RopeTables {
             .to_dtype(DType::F32)?
             .unsqueeze(1)?; // (max_positions, 1)
         let angles = positions.broadcast_mul(&inv_freq)?; // (max_positions, d/2)
-        Ok(RopeTables {
-            cos: angles.cos()?,
-            sin: angles.sin()?,
-        })
+        Ok(RopeTables { cos: angles.cos()?, sin: angles.sin()? })
     }
 
     /// The rows for positions `offset..offset + t`, in the given dtype: ((t, d/2), (t, d/2)).
@@ -104,15 +101,7 @@ pub fn rope_slow(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
     let s = offset + t;
     let mask: Vec<f32> = (0..t)
-        .flat_map(|i| {
-            (0..s).map(move |j| {
-                if j <= offset + i {
-                    0.0
-                } else {
-                    f32::NEG_INFINITY
-                }
-            })
-        })
+        .flat_map(|i| (0..s).map(move |j| if j <= offset + i { 0.0 } else { f32::NEG_INFINITY }))
         .collect();
     Tensor::from_vec(mask, (t, s), device)
 }
@@ -134,14 +123,7 @@ mod tests {
     use super::*;
 
     fn close(a: &Tensor, b: &Tensor, tol: f32) {
-        let diff = (a - b)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap();
+        let diff = (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap();
         let diff = diff.to_scalar::<f32>().unwrap();
         assert!(diff <= tol, "max difference {diff} > {tol}");
     }
@@ -171,11 +153,7 @@ mod tests {
         let tables = RopeTables::new(8, 10000.0, 16, &dev).unwrap();
         let x = Tensor::randn(0f32, 1., (2, 3, 5, 8), &dev).unwrap();
         let (cos, sin) = tables.at(4, 5, DType::F32).unwrap();
-        close(
-            &rope(&x, &cos, &sin).unwrap(),
-            &rope_slow(&x, &cos, &sin).unwrap(),
-            1e-6,
-        );
+        close(&rope(&x, &cos, &sin).unwrap(), &rope_slow(&x, &cos, &sin).unwrap(), 1e-6);
     }
 
     #[test]
@@ -183,28 +161,17 @@ mod tests {
         let dev = Device::Cpu;
         let tables = RopeTables::new(4, 10000.0, 4, &dev).unwrap();
         // Position 1, frequency 0 turns the pair (x0, x2) by 1 radian.
-        let x = Tensor::new(&[1f32, 0., 0., 0.], &dev)
-            .unwrap()
-            .reshape((1, 1, 1, 4))
-            .unwrap();
+        let x = Tensor::new(&[1f32, 0., 0., 0.], &dev).unwrap().reshape((1, 1, 1, 4)).unwrap();
         let (cos, sin) = tables.at(0, 1, DType::F32).unwrap();
         close(&rope_slow(&x, &cos, &sin).unwrap(), &x, 0.0);
         let (cos, sin) = tables.at(1, 1, DType::F32).unwrap();
-        let y = rope_slow(&x, &cos, &sin)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let y = rope_slow(&x, &cos, &sin).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert!((y[0] - 1f32.cos()).abs() < 1e-6 && (y[2] - 1f32.sin()).abs() < 1e-6);
     }
 
     #[test]
     fn causal_mask_hides_the_future() {
-        let m = causal_mask(2, 1, &Device::Cpu)
-            .unwrap()
-            .to_vec2::<f32>()
-            .unwrap();
+        let m = causal_mask(2, 1, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap();
         // Query 0 is position 1: sees keys 0, 1. Query 1 is position 2: sees all three.
         assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
@@ -212,16 +179,8 @@ mod tests {
 
     #[test]
     fn repeat_kv_repeats_each_head_in_place() {
-        let x = Tensor::new(&[1f32, 2.], &Device::Cpu)
-            .unwrap()
-            .reshape((1, 2, 1, 1))
-            .unwrap();
-        let y = repeat_kv(&x, 2)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
+        let x = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap().reshape((1, 2, 1, 1)).unwrap();
+        let y = repeat_kv(&x, 2).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(y, vec![1.0, 1.0, 2.0, 2.0]); // head 0 serves queries 0-1, head 1 queries 2-3
     }
 }

@@ -130,11 +130,7 @@ pub trait TensorSource {
             MatrixForm::Exact(dtype) => dtype,
             MatrixForm::Quantized => DType::F32,
         };
-        Ok(self
-            .tensor(name)?
-            .map(|t| t.to_dtype(dtype))
-            .transpose()?
-            .map(Matrix::Dense))
+        Ok(self.tensor(name)?.map(|t| t.to_dtype(dtype)).transpose()?.map(Matrix::Dense))
     }
 }
 
@@ -202,12 +198,7 @@ impl Weights {
             // Tied: the same storage (no copy) projects back to the vocabulary.
             embed_tokens.clone()
         };
-        Ok(Weights {
-            embed_tokens,
-            layers,
-            norm,
-            lm_head,
-        })
+        Ok(Weights { embed_tokens, layers, norm, lm_head })
     }
 
     /// Number of parameters, counting a tied lm_head once.
@@ -250,10 +241,7 @@ impl SafetensorsSource {
             let names: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
             format!("cannot read safetensors {}", names.join(", "))
         })?;
-        Ok(SafetensorsSource {
-            tensors,
-            device: device.clone(),
-        })
+        Ok(SafetensorsSource { tensors, device: device.clone() })
     }
 }
 
@@ -304,11 +292,7 @@ impl TensorSource for GgufSource<'_> {
             return Ok(None);
         };
         let dense = |dtype: DType| -> Result<Option<Matrix>> {
-            Ok(self
-                .tensor(hf_name)?
-                .map(|t| t.to_dtype(dtype))
-                .transpose()?
-                .map(Matrix::Dense))
+            Ok(self.tensor(hf_name)?.map(|t| t.to_dtype(dtype)).transpose()?.map(Matrix::Dense))
         };
         match form {
             MatrixForm::Exact(DType::F32) => {
@@ -316,10 +300,7 @@ impl TensorSource for GgufSource<'_> {
                     return dense(DType::F32);
                 };
                 let [rows, cols] = info.dims[..] else {
-                    bail!(
-                        "tensor {gguf_name} has {} dimensions, not 2",
-                        info.dims.len()
-                    );
+                    bail!("tensor {gguf_name} has {} dimensions, not 2", info.dims.len());
                 };
                 let bytes = BlockBytes::Mapped {
                     map: self.gguf.map().clone(),
@@ -354,10 +335,7 @@ impl TensorSource for GgufSource<'_> {
                         &self.device,
                     )?;
                 }
-                Ok(Some(Matrix::Quantized(
-                    Arc::new(QMatMul::from_qtensor(q)?),
-                    dims,
-                )))
+                Ok(Some(Matrix::Quantized(Arc::new(QMatMul::from_qtensor(q)?), dims)))
             }
         }
     }
@@ -406,12 +384,10 @@ pub fn unpermute_rope_rows(w: &Tensor, heads: usize) -> Result<Tensor> {
     let (rows, cols) = w.dims2()?;
     check_heads(rows, heads)?;
     let half = rows / heads / 2;
-    Ok(
-        w.reshape((heads, half, 2, cols))? // (heads, d/2, 2, in): GGUF's interleaved pairs
-            .transpose(1, 2)? // (heads, 2, d/2, in): HF's halves
-            .contiguous()?
-            .reshape((rows, cols))?,
-    )
+    Ok(w.reshape((heads, half, 2, cols))? // (heads, d/2, 2, in): GGUF's interleaved pairs
+        .transpose(1, 2)? // (heads, 2, d/2, in): HF's halves
+        .contiguous()?
+        .reshape((rows, cols))?)
 }
 
 /// The same permutation as a row order: HF row `h*d + s*d/2 + j` is GGUF row `h*d + 2*j + s`.
@@ -444,25 +420,13 @@ mod tests {
     fn unpermute_inverts_llama_cpp_permute() {
         // One head, d = 4: HF rows [r0, r1 | r2, r3] become GGUF rows [r0, r2, r1, r3].
         let gguf = Tensor::new(&[[0f32], [2.], [1.], [3.]], &Device::Cpu).unwrap();
-        let hf = unpermute_rope_rows(&gguf, 1)
-            .unwrap()
-            .flatten_all()
-            .unwrap();
+        let hf = unpermute_rope_rows(&gguf, 1).unwrap().flatten_all().unwrap();
         assert_eq!(hf.to_vec1::<f32>().unwrap(), vec![0.0, 1.0, 2.0, 3.0]);
         // Two heads permute independently.
-        let gguf = Tensor::new(
-            &[[0f32], [2.], [1.], [3.], [4.], [6.], [5.], [7.]],
-            &Device::Cpu,
-        )
-        .unwrap();
-        let hf = unpermute_rope_rows(&gguf, 2)
-            .unwrap()
-            .flatten_all()
-            .unwrap();
-        assert_eq!(
-            hf.to_vec1::<f32>().unwrap(),
-            (0..8).map(|i| i as f32).collect::<Vec<_>>()
-        );
+        let gguf =
+            Tensor::new(&[[0f32], [2.], [1.], [3.], [4.], [6.], [5.], [7.]], &Device::Cpu).unwrap();
+        let hf = unpermute_rope_rows(&gguf, 2).unwrap().flatten_all().unwrap();
+        assert_eq!(hf.to_vec1::<f32>().unwrap(), (0..8).map(|i| i as f32).collect::<Vec<_>>());
     }
 
     #[test]
@@ -470,15 +434,9 @@ mod tests {
         // Row r of the GGUF matrix holds the value r; un-permuting gives the order itself.
         let rows: Vec<f32> = (0..24).map(|r| r as f32).collect();
         let gguf = Tensor::from_vec(rows, (24, 1), &Device::Cpu).unwrap();
-        let hf = unpermute_rope_rows(&gguf, 3)
-            .unwrap()
-            .flatten_all()
-            .unwrap();
-        let order: Vec<f32> = unpermuted_row_order(24, 3)
-            .unwrap()
-            .into_iter()
-            .map(|r| r as f32)
-            .collect();
+        let hf = unpermute_rope_rows(&gguf, 3).unwrap().flatten_all().unwrap();
+        let order: Vec<f32> =
+            unpermuted_row_order(24, 3).unwrap().into_iter().map(|r| r as f32).collect();
         assert_eq!(hf.to_vec1::<f32>().unwrap(), order);
     }
 }

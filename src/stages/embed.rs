@@ -29,15 +29,8 @@ pub struct WordLookup {
 
 /// Tokenizes a word the way the notebook's `get_id` does (a leading space unless `exact`).
 pub fn lookup(tokenizer: &Tokenizer, word: &str, exact: bool, pool: Pool) -> Result<WordLookup> {
-    ensure!(
-        !word.is_empty(),
-        "a word is empty: give words with at least one character"
-    );
-    let looked_up = if exact {
-        word.to_string()
-    } else {
-        format!(" {word}")
-    };
+    ensure!(!word.is_empty(), "a word is empty: give words with at least one character");
+    let looked_up = if exact { word.to_string() } else { format!(" {word}") };
     let tokens = tokenizer.encode(&looked_up)?;
     ensure!(!tokens.is_empty(), "{looked_up:?} produced no tokens");
     if tokens.len() > 1 && pool == Pool::Single {
@@ -107,11 +100,7 @@ pub fn run(m: &LoadedModel, req: &EmbedRequest) -> Result<EmbedReport> {
     for word in req.words {
         let lookup = lookup(&m.tokenizer, word, req.exact, req.pool)?;
         let vector = word_vector(m, &lookup)?;
-        let norm = vector
-            .iter()
-            .map(|&x| (x as f64) * (x as f64))
-            .sum::<f64>()
-            .sqrt();
+        let norm = vector.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>().sqrt();
         words.push(WordEmbedding {
             pooled: lookup.ids.len() > 1,
             lookup,

@@ -13,7 +13,7 @@ pub struct Step {
     pub token: String,
     /// The readable text of the token (` Helsinki`).
     pub text: String,
-    #[serde(skip)]
+    /// The exact bytes of the token (`text` shows U+FFFD for part of a character).
     pub bytes: Vec<u8>,
     pub logit: f32,
     /// The model's probability for this token (softmax of the logits, temperature 1).
@@ -21,6 +21,7 @@ pub struct Step {
     /// The most likely token other than the chosen one.
     pub runner_up_id: u32,
     pub runner_up_token: String,
+    pub runner_up_text: String,
     pub runner_up_prob: f64,
     /// When sampling: the probability the token was drawn with (after temperature/top-k/top-p).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -59,14 +60,8 @@ pub fn run(
     req: &GenerateRequest,
     on_step: &mut dyn FnMut(&Step) -> Result<()>,
 ) -> Result<GenerateReport> {
-    ensure!(
-        !req.text.is_empty(),
-        "the text is empty: give a prompt to continue"
-    );
-    ensure!(
-        req.max_new_tokens > 0,
-        "--max-new-tokens must be at least 1"
-    );
+    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to continue");
+    ensure!(req.max_new_tokens > 0, "--max-new-tokens must be at least 1");
     let cfg = &m.model.cfg;
     req.strategy.validate(cfg.vocab_size)?;
     let prompt_ids = m.tokenizer.encode_ids(req.text)?;
@@ -74,9 +69,9 @@ pub fn run(
     let room = cfg.max_position_embeddings.saturating_sub(prompt_ids.len());
     ensure!(
         req.max_new_tokens <= room,
-        "--max-new-tokens {} does not fit: the prompt has {} tokens and the model's context is {}",
+        "--max-new-tokens {} does not fit: the prompt has {} and the model's context is {}",
         req.max_new_tokens,
-        prompt_ids.len(),
+        crate::report::count(prompt_ids.len(), "token"),
         cfg.max_position_embeddings
     );
 
@@ -105,12 +100,7 @@ pub fn run(
     let all: Vec<u32> = prompt_ids.iter().chain(&new_ids).copied().collect();
     let (strategy, seed) = match &req.strategy {
         Strategy::Greedy => ("greedy".to_string(), None),
-        Strategy::Sample {
-            temperature,
-            top_k,
-            top_p,
-            seed,
-        } => (
+        Strategy::Sample { temperature, top_k, top_p, seed } => (
             format!(
                 "sample (temperature {temperature}, top-k {}, top-p {})",
                 top_k.map_or("off".into(), |k| k.to_string()),
@@ -141,15 +131,7 @@ fn choose(
 ) -> Result<Step> {
     let probs = probabilities(logits, 1.0);
     let (id, sample_prob) = match (strategy, rng) {
-        (
-            Strategy::Sample {
-                temperature,
-                top_k,
-                top_p,
-                ..
-            },
-            Some(rng),
-        ) => {
+        (Strategy::Sample { temperature, top_k, top_p, .. }, Some(rng)) => {
             let dist = filtered_distribution(logits, *temperature, *top_k, *top_p);
             let id = rng.choose(&dist);
             (id, Some(dist[id]))
@@ -172,6 +154,7 @@ fn choose(
         prob: probs[id],
         runner_up_id: runner_up as u32,
         runner_up_token: runner.token,
+        runner_up_text: runner.text,
         runner_up_prob: probs[runner_up],
         sample_prob,
     })

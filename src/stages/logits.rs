@@ -49,6 +49,8 @@ pub struct Ranked {
 #[derive(Debug, Serialize)]
 pub struct RowPreview {
     pub position: usize,
+    /// The text of the token at this position (the row predicts what follows it).
+    pub text: String,
     pub first: Vec<f32>,
     pub last: Vec<f32>,
 }
@@ -63,10 +65,7 @@ pub struct LogitsRequest<'a> {
 }
 
 pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
-    ensure!(
-        !req.text.is_empty(),
-        "the text is empty: give a prompt to run the model on"
-    );
+    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to run the model on");
     let vocab = m.model.cfg.vocab_size;
     ensure!(
         (1..=vocab).contains(&req.top_k),
@@ -74,10 +73,7 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
         req.top_k
     );
     if let Some(t) = req.temperature {
-        ensure!(
-            t.is_finite() && t > 0.0,
-            "--temperature must be a positive number, got {t}"
-        );
+        ensure!(t.is_finite() && t > 0.0, "--temperature must be a positive number, got {t}");
     }
     let tokens = m.tokenizer.encode(req.text)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
@@ -100,6 +96,7 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
         .enumerate()
         .map(|(position, r)| RowPreview {
             position,
+            text: tokens[position].text.clone(),
             first: r[..PREVIEW.min(r.len())].to_vec(),
             last: r[r.len().saturating_sub(PREVIEW)..].to_vec(),
         })
@@ -119,11 +116,7 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
 
 /// Turns a possibly negative position into an index into `n` tokens.
 pub fn resolve_position(position: i64, n: usize) -> Result<usize> {
-    let index = if position < 0 {
-        n as i64 + position
-    } else {
-        position
-    };
+    let index = if position < 0 { n as i64 + position } else { position };
     ensure!(
         (0..n as i64).contains(&index),
         "--position {position} is out of range: the text has {n} tokens (valid: 0..{} or -{n}..-1)",

@@ -42,10 +42,7 @@ pub struct Parameters {
 pub fn run(m: &LoadedModel) -> Result<ModelReport> {
     let cfg = &m.model.cfg;
     let parameters = parameters(cfg);
-    debug_assert_eq!(
-        parameters.total,
-        m.model.weights.parameter_count(cfg.tie_word_embeddings)
-    );
+    debug_assert_eq!(parameters.total, m.model.weights.parameter_count(cfg.tie_word_embeddings));
     Ok(ModelReport {
         origin: m.origin.clone(),
         tree: tree(cfg),

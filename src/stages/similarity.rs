@@ -25,50 +25,25 @@ pub struct Pair {
 /// cos(a, b) = a·b / (|a| |b|), accumulated in f64. transformers clamps each norm at 1e-8.
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let dot: f64 = a.iter().zip(b).map(|(&x, &y)| x as f64 * y as f64).sum();
-    let na = a
-        .iter()
-        .map(|&x| (x as f64).powi(2))
-        .sum::<f64>()
-        .sqrt()
-        .max(1e-8);
-    let nb = b
-        .iter()
-        .map(|&x| (x as f64).powi(2))
-        .sum::<f64>()
-        .sqrt()
-        .max(1e-8);
+    let na = a.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt().max(1e-8);
+    let nb = b.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt().max(1e-8);
     dot / (na * nb)
 }
 
 pub fn run(m: &LoadedModel, words: &[String], exact: bool, pool: Pool) -> Result<SimilarityReport> {
     ensure!(words.len() >= 2, "give at least two words to compare");
-    let lookups = words
-        .iter()
-        .map(|w| lookup(&m.tokenizer, w, exact, pool))
-        .collect::<Result<Vec<_>>>()?;
-    let vectors = lookups
-        .iter()
-        .map(|l| word_vector(m, l))
-        .collect::<Result<Vec<_>>>()?;
-    let matrix: Vec<Vec<f64>> = vectors
-        .iter()
-        .map(|a| vectors.iter().map(|b| cosine(a, b)).collect())
-        .collect();
+    let lookups =
+        words.iter().map(|w| lookup(&m.tokenizer, w, exact, pool)).collect::<Result<Vec<_>>>()?;
+    let vectors = lookups.iter().map(|l| word_vector(m, l)).collect::<Result<Vec<_>>>()?;
+    let matrix: Vec<Vec<f64>> =
+        vectors.iter().map(|a| vectors.iter().map(|b| cosine(a, b)).collect()).collect();
     let mut pairs = Vec::new();
     for i in 0..words.len() {
         for j in i + 1..words.len() {
-            pairs.push(Pair {
-                a: words[i].clone(),
-                b: words[j].clone(),
-                cosine: matrix[i][j],
-            });
+            pairs.push(Pair { a: words[i].clone(), b: words[j].clone(), cosine: matrix[i][j] });
         }
     }
-    Ok(SimilarityReport {
-        words: lookups,
-        pairs,
-        matrix,
-    })
+    Ok(SimilarityReport { words: lookups, pairs, matrix })
 }
 
 #[cfg(test)]

@@ -24,10 +24,7 @@ pub struct TokenizeReport {
 
 /// Tokenizes a text.
 pub fn from_text(tokenizer: &Tokenizer, text: &str) -> Result<TokenizeReport> {
-    ensure!(
-        !text.is_empty(),
-        "the text is empty: give at least one character to tokenize"
-    );
+    ensure!(!text.is_empty(), "the text is empty: give at least one character to tokenize");
     let tokens = tokenizer.encode(text)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     let decoded = tokenizer.decode(&ids)?;
@@ -44,14 +41,8 @@ pub fn from_text(tokenizer: &Tokenizer, text: &str) -> Result<TokenizeReport> {
 
 /// Describes and decodes a list of ids.
 pub fn from_ids(tokenizer: &Tokenizer, ids: &[u32]) -> Result<TokenizeReport> {
-    ensure!(
-        !ids.is_empty(),
-        "--ids is empty: give at least one token id"
-    );
-    let tokens = ids
-        .iter()
-        .map(|&id| tokenizer.describe(id))
-        .collect::<Result<Vec<_>>>()?;
+    ensure!(!ids.is_empty(), "--ids is empty: give at least one token id");
+    let tokens = ids.iter().map(|&id| tokenizer.describe(id)).collect::<Result<Vec<_>>>()?;
     let decoded = tokenizer.decode(ids)?;
     Ok(TokenizeReport {
         input: None,

@@ -35,11 +35,7 @@ impl HubServer {
                 let _ = answer(stream, &prefix, &dir, &seen);
             }
         });
-        HubServer {
-            endpoint,
-            requests,
-            log,
-        }
+        HubServer { endpoint, requests, log }
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -57,11 +53,7 @@ fn answer(
     let mut request_line = String::new();
     reader.read_line(&mut request_line)?;
     log.lock().unwrap().push(request_line.trim().to_string());
-    let path = request_line
-        .split_whitespace()
-        .nth(1)
-        .unwrap_or("")
-        .to_string();
+    let path = request_line.split_whitespace().nth(1).unwrap_or("").to_string();
     let mut range = None;
     loop {
         let mut line = String::new();
@@ -73,9 +65,7 @@ fn answer(
                 range = parse_range(value.trim());
             }
             if name.eq_ignore_ascii_case("authorization") {
-                log.lock()
-                    .unwrap()
-                    .push(format!("authorization: {}", value.trim()));
+                log.lock().unwrap().push(format!("authorization: {}", value.trim()));
             }
         }
     }
@@ -102,19 +92,11 @@ fn answer(
     let (status, body, content_range) = match range {
         Some((start, end)) if start < size => {
             let end = end.unwrap_or(size - 1).min(size - 1);
-            (
-                "206 Partial Content",
-                &data[start..=end],
-                Some(format!("bytes {start}-{end}/{size}")),
-            )
+            ("206 Partial Content", &data[start..=end], Some(format!("bytes {start}-{end}/{size}")))
         }
         _ => ("200 OK", &data[..], None),
     };
-    write!(
-        stream,
-        "HTTP/1.1 {status}\r\nContent-Length: {}\r\n",
-        body.len()
-    )?;
+    write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len())?;
     write!(stream, "x-repo-commit: {COMMIT}\r\netag: \"{etag}\"\r\n")?;
     if let Some(cr) = content_range {
         write!(stream, "Content-Range: {cr}\r\n")?;
@@ -131,7 +113,5 @@ fn parse_range(value: &str) -> Option<(usize, Option<usize>)> {
 }
 
 fn fnv1a(data: &[u8]) -> u64 {
-    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x100000001b3)
-    })
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| (h ^ b as u64).wrapping_mul(0x100000001b3))
 }

@@ -37,14 +37,9 @@ pub fn json(rel: &str) -> serde_json::Value {
 /// The lmscope binary with a clean environment (no LMSCOPE_MODEL, no HF variables).
 pub fn lmscope() -> assert_cmd::Command {
     let mut cmd = assert_cmd::Command::cargo_bin("lmscope").expect("the lmscope binary is built");
-    for var in [
-        "LMSCOPE_MODEL",
-        "HF_HOME",
-        "HF_HUB_CACHE",
-        "HF_ENDPOINT",
-        "HF_HUB_OFFLINE",
-        "HF_TOKEN",
-    ] {
+    for var in
+        ["LMSCOPE_MODEL", "HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN"]
+    {
         cmd.env_remove(var);
     }
     cmd
@@ -52,11 +47,7 @@ pub fn lmscope() -> assert_cmd::Command {
 
 /// Runs lmscope with `args`, expects success, and parses its stdout as JSON.
 pub fn lmscope_json(args: &[&str]) -> serde_json::Value {
-    let out = lmscope()
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("lmscope runs");
+    let out = lmscope().args(args).arg("--json").output().expect("lmscope runs");
     assert!(
         out.status.success(),
         "lmscope {args:?} failed: {}",
@@ -69,13 +60,8 @@ pub fn lmscope_json(args: &[&str]) -> serde_json::Value {
 pub fn lmscope_err(args: &[&str]) -> String {
     let out = lmscope().args(args).output().expect("lmscope runs");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "lmscope {args:?} succeeded but should fail"
-    );
-    assert!(
-        !stderr.contains("panicked"),
-        "lmscope {args:?} panicked: {stderr}"
-    );
+    assert!(!out.status.success(), "lmscope {args:?} succeeded but should fail");
+    assert!(!stderr.contains("panicked"), "lmscope {args:?} panicked: {stderr}");
+    assert!(out.stdout.is_empty(), "lmscope {args:?} failed but printed to stdout");
     stderr
 }
