@@ -39,6 +39,15 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
+    /// GGUF only: keep the quantized blocks and use candle's quantized matmul, which also rounds
+    /// the activations to 8 bits (faster; numbers differ slightly from the exact path)
+    #[arg(long, global = true)]
+    pub quantized: bool,
+
+    /// Worker threads for the matrix products (default: RAYON_NUM_THREADS, else all cores)
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+
     /// Print how long each stage took (resolve, load, tokenize, forward, report) on stderr
     #[arg(long, global = true)]
     pub timings: bool,

@@ -15,6 +15,11 @@ fn main() -> ExitCode {
     let start = std::time::Instant::now();
     let cli = Cli::parse();
     let show_timings = cli.global.timings;
+    if let Some(n) = cli.global.threads {
+        // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels use rayon's global pool.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(n as usize).build_global();
+    }
     let result = run(cli);
     if show_timings {
         print_timings(start.elapsed());
@@ -165,5 +170,14 @@ fn load_model(g: &GlobalArgs) -> Result<model::LoadedModel> {
     };
     let resolved = resolve(g)?;
     let _t = lmscope::timings::span("load");
+    if g.quantized {
+        anyhow::ensure!(
+            dtype == candle_core::DType::F32,
+            "--quantized computes in f32: drop --dtype"
+        );
+        // Say which path ran: its numbers are not the exact ones.
+        eprintln!("note: --quantized: candle's quantized matmul (activations rounded to 8 bits); numbers differ slightly from the exact path");
+        return model::load_as(&resolved, model::MatrixForm::Quantized);
+    }
     model::load(&resolved, dtype)
 }

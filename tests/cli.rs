@@ -158,6 +158,33 @@ fn a_directory_without_weights_is_reported() {
 }
 
 #[test]
+fn quantized_needs_a_gguf_and_says_which_path_ran() {
+    let stderr = lmscope_err(&["--model", &tiny(), "--quantized", "logits", "hi"]);
+    assert!(stderr.contains("--quantized needs a GGUF model"), "{stderr}");
+    let out = lmscope()
+        .args(["--model", "fixtures/tiny-llama-q8_0.gguf", "--quantized", "--threads", "1"])
+        .args(["logits", "hi", "--json"])
+        .current_dir(repo_path(""))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("note: --quantized"));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["top"].as_array().unwrap().len(), 10);
+}
+
+#[test]
+fn timings_go_to_stderr() {
+    let out = lmscope().args(["--model", &tiny(), "--timings", "argmax", "hi"]).output().unwrap();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for stage in ["resolve", "load", "tokenize", "forward", "report", "total"] {
+        assert!(stderr.contains(stage), "{stage} missing from {stderr}");
+    }
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("timings"));
+}
+
+#[test]
 fn model_comes_from_the_environment_variable() {
     let out =
         lmscope().env("LMSCOPE_MODEL", tiny()).args(["tokenize", "hi", "--json"]).output().unwrap();

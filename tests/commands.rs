@@ -273,6 +273,7 @@ fn usage_errors_exit_2() {
         vec!["embed", "dog", "--dims", "zero"],
         vec!["embed", "dog", "--pool", "max"],
         vec!["logits", "hi", "--top-k", "-3"],
+        vec!["--threads", "0", "logits", "hi"],
     ] {
         let out = lmscope().arg("--model").arg(tiny()).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");

@@ -139,3 +139,48 @@ fn kv_cache_decoding_equals_full_passes_on_the_real_model() {
         next = m.model.next_logits(&[id], &mut cache).unwrap();
     }
 }
+
+/// The --quantized fast path (candle's quantized matmul, 8-bit activations) against the exact
+/// path on the reference prompts. docs/performance.md reports these numbers.
+#[test]
+fn quantized_path_stays_close_to_the_exact_path() {
+    let exact = smollm2();
+    let spec = ModelSpec::parse(real_model().to_str().unwrap(), None).unwrap();
+    let quantized = model::load_as(&spec.resolve().unwrap(), model::MatrixForm::Quantized).unwrap();
+    let reference = json("fixtures/smollm2/logits.json");
+    let (mut same_top1, mut top10_overlap, mut worst) = (0, 0, 0f32);
+    let cases = reference["cases"].as_array().unwrap();
+    for case in cases {
+        let ids = ids(&case["ids"]);
+        let last = |m: &LoadedModel| -> Vec<f32> {
+            m.model
+                .logits(&ids)
+                .unwrap()
+                .squeeze(0)
+                .unwrap()
+                .get(ids.len() - 1)
+                .unwrap()
+                .to_vec1()
+                .unwrap()
+        };
+        let (a, b) = (last(exact), last(&quantized));
+        let top = |row: &[f32]| {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
+            order.truncate(10);
+            order
+        };
+        let (ta, tb) = (top(&a), top(&b));
+        same_top1 += usize::from(ta[0] == tb[0]);
+        top10_overlap += ta.iter().filter(|i| tb.contains(i)).count();
+        worst = worst.max(a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max));
+    }
+    println!(
+        "quantized vs exact on {} prompts: top-1 equal {same_top1}, top-10 overlap {top10_overlap}/{}, max |logit difference| {worst:.4}",
+        cases.len(),
+        10 * cases.len()
+    );
+    assert!(same_top1 * 10 >= cases.len() * 8, "top-1 agrees on only {same_top1} prompts");
+    assert!(top10_overlap * 10 >= cases.len() * 10 * 7, "top-10 overlap {top10_overlap}");
+    assert!(worst < 2.0, "max logit difference {worst}");
+}

