@@ -149,6 +149,12 @@ impl Config {
             }
         }
         ensure!(hf.num_attention_heads > 0, "num_attention_heads is 0");
+        ensure!(
+            hf.head_dim.is_some() || hf.hidden_size.is_multiple_of(hf.num_attention_heads),
+            "hidden_size ({}) is not divisible by num_attention_heads ({})",
+            hf.hidden_size,
+            hf.num_attention_heads
+        );
         let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads);
         let config = Config {
             architecture,
@@ -250,7 +256,13 @@ impl Config {
         };
         let head_dim = match gguf.get_usize("llama.attention.key_length")? {
             Some(d) => d,
-            None => hidden_size / num_attention_heads,
+            None => {
+                ensure!(
+                    hidden_size.is_multiple_of(num_attention_heads),
+                    "llama.embedding_length ({hidden_size}) is not divisible by llama.attention.head_count ({num_attention_heads})"
+                );
+                hidden_size / num_attention_heads
+            }
         };
         if let Some(rope_dims) = gguf.get_usize("llama.rope.dimension_count")? {
             ensure!(

@@ -97,13 +97,29 @@ pub struct TensorInfo {
     pub size: usize,
 }
 
+/// The bytes of a GGUF file: a memory map of it, or a buffer (tests and fuzzing).
+pub enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for FileBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Owned(v) => v,
+        }
+    }
+}
+
 /// A parsed GGUF file: its metadata and tensor directory, over a memory map of the file.
 pub struct GgufFile {
     pub path: PathBuf,
     pub version: u32,
     pub metadata: BTreeMap<String, Value>,
     pub tensors: BTreeMap<String, TensorInfo>,
-    mmap: std::sync::Arc<memmap2::Mmap>,
+    mmap: std::sync::Arc<FileBytes>,
 }
 
 impl GgufFile {
@@ -115,10 +131,17 @@ impl GgufFile {
         // SAFETY: the map is read-only; lmscope does not write model files while reading them.
         let mmap = unsafe { memmap2::Mmap::map(&file) }
             .with_context(|| format!("cannot memory-map {}", path.display()))?;
-        Self::parse(path, mmap).with_context(|| format!("invalid GGUF file {}", path.display()))
+        Self::parse(path, FileBytes::Mapped(mmap))
+            .with_context(|| format!("invalid GGUF file {}", path.display()))
     }
 
-    fn parse(path: &Path, mmap: memmap2::Mmap) -> Result<Self> {
+    /// Parses a GGUF file held in memory (`name` is used in messages).
+    pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(Path::new(name), FileBytes::Owned(bytes))
+            .with_context(|| format!("invalid GGUF file {name}"))
+    }
+
+    fn parse(path: &Path, mmap: FileBytes) -> Result<Self> {
         let mut r = Reader { bytes: &mmap, pos: 0 };
         let magic = r.bytes(4).context("file is shorter than the GGUF magic")?;
         ensure!(magic == b"GGUF", "not a GGUF file (magic {:?})", String::from_utf8_lossy(magic));
@@ -165,8 +188,8 @@ impl GgufFile {
         }
 
         let alignment = match metadata.get("general.alignment").and_then(Value::as_u64) {
-            Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-            Some(a) => bail!("general.alignment = {a} is not a power of two"),
+            Some(a) if a >= 8 && a.is_power_of_two() && a <= 1 << 20 => a,
+            Some(a) => bail!("general.alignment = {a} is not a power of two of at least 8"),
             None => DEFAULT_ALIGNMENT,
         };
         let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
@@ -184,6 +207,12 @@ impl GgufFile {
                 "tensor {name:?}: {elems} elements is not a multiple of the {dtype:?} block size {block}"
             );
             let size = elems / block * dtype.type_size() as u64;
+            // The format puts every tensor at a multiple of the alignment; candle reads the
+            // blocks in place, which needs it.
+            ensure!(
+                offset % alignment == 0,
+                "tensor {name:?} starts at offset {offset}, not a multiple of the alignment {alignment}"
+            );
             let start = data_start
                 .checked_add(offset)
                 .with_context(|| format!("tensor {name:?}: offset overflows"))?;
@@ -248,7 +277,7 @@ impl GgufFile {
     }
 
     /// The memory map of the whole file (tensors can borrow from it without copying).
-    pub fn map(&self) -> &std::sync::Arc<memmap2::Mmap> {
+    pub fn map(&self) -> &std::sync::Arc<FileBytes> {
         &self.mmap
     }
 
@@ -263,7 +292,11 @@ impl GgufFile {
             .tensors
             .get(name)
             .with_context(|| format!("tensor {name} is missing from {}", self.path.display()))?;
-        qtensor_from_ggml(info.dtype, self.tensor_bytes(info), info.dims.clone(), device)
+        let bytes = self.tensor_bytes(info);
+        // candle views the bytes as blocks in place: they must be aligned for them (the file's
+        // alignment and a page-aligned map or allocator-aligned buffer guarantee it).
+        ensure!(bytes.as_ptr() as usize % 8 == 0, "tensor {name} is not 8-byte aligned in memory");
+        qtensor_from_ggml(info.dtype, bytes, info.dims.clone(), device)
             .with_context(|| format!("cannot read tensor {name}"))
     }
 }

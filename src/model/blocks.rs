@@ -83,7 +83,7 @@ impl BlockType {
 /// Where a matrix's bytes live: the memory-mapped file, or a reordered copy (Q/K projections).
 #[derive(Clone)]
 pub enum BlockBytes {
-    Mapped { map: Arc<memmap2::Mmap>, start: usize, len: usize },
+    Mapped { map: Arc<crate::gguf::FileBytes>, start: usize, len: usize },
     Owned(Arc<Vec<u8>>),
 }
 

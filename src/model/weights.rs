@@ -161,8 +161,9 @@ impl Weights {
                 .with_context(|| format!("tensor {name} is missing from the checkpoint"))?;
             ensure!(
                 m.dims() == (out, inp),
-                "tensor {name} has shape {:?} but the config implies [{out}, {inp}]",
-                m.dims()
+                "tensor {name} has shape [{}, {}] but the config implies [{out}, {inp}]",
+                m.dims().0,
+                m.dims().1
             );
             Ok(m)
         };

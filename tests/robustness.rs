@@ -1,0 +1,196 @@
+//! Model files are untrusted input: truncated, corrupted and hostile files must give a clean
+//! error (never a panic, an abort or a huge allocation), in-process and through the binary.
+
+mod common;
+
+use candle_core::DType;
+use common::{lmscope_err, repo_path, tiny_dir};
+use lmscope::model;
+use lmscope::source::ModelSpec;
+use std::path::Path;
+
+/// Loads a model (config, tokenizer, weights) the way every command does.
+fn load(path: &Path) -> anyhow::Result<model::LoadedModel> {
+    let spec = ModelSpec::parse(path.to_str().unwrap(), None)?;
+    model::load(&spec.resolve()?, DType::F32)
+}
+
+/// The end of a GGUF file's header: where its tensor data starts.
+fn gguf_data_start(bytes: &[u8]) -> usize {
+    let g = lmscope::gguf::GgufFile::from_bytes("fixture", bytes.to_vec()).unwrap();
+    g.tensors.values().map(|t| t.offset).min().unwrap()
+}
+
+/// Every length to cut at: each byte of the header, then every `step`-th byte of the data.
+fn cut_points(len: usize, header: usize, step: usize) -> Vec<usize> {
+    (0..header).chain((header..len).step_by(step)).collect()
+}
+
+#[test]
+fn truncated_gguf_files_never_load() {
+    for fixture in ["fixtures/tiny-llama-q8_0.gguf", "fixtures/tiny-llama-f32.gguf"] {
+        let bytes = std::fs::read(repo_path(fixture)).unwrap();
+        let header = gguf_data_start(&bytes);
+        // Every byte of the header, in memory: the parser must refuse each cut.
+        for len in 0..header {
+            let parsed = lmscope::gguf::GgufFile::from_bytes("cut", bytes[..len].to_vec());
+            assert!(parsed.is_err(), "{fixture} cut at {len} parsed");
+        }
+        // A sample through the data, as a file through the whole loader.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.gguf");
+        for len in (header..bytes.len()).step_by(997).chain([header, bytes.len() - 1]) {
+            std::fs::write(&path, &bytes[..len]).unwrap();
+            let err = load(&path).err().unwrap_or_else(|| panic!("{fixture} cut at {len} loaded"));
+            let msg = format!("{err:#}");
+            assert!(!msg.contains('\n'), "multi-line error at {len}: {msg}");
+            assert!(msg.contains("truncated"), "cut at {len}: {msg}");
+        }
+    }
+}
+
+#[test]
+fn corrupted_gguf_headers_never_panic() {
+    let bytes = std::fs::read(repo_path("fixtures/tiny-llama-q8_0.gguf")).unwrap();
+    let header = gguf_data_start(&bytes);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.gguf");
+    // Every 7th header byte set to 0xFF (huge lengths and counts), then to 0x00.
+    for at in (0..header).step_by(7) {
+        for value in [0xFF, 0x00] {
+            let mut bad = bytes.clone();
+            bad[at] = value;
+            std::fs::write(&path, &bad).unwrap();
+            // Loading may succeed (a harmless byte) or fail; it must not panic or abort.
+            if let Ok(m) = load(&path) {
+                let ids = m.tokenizer.encode_ids("hello world").unwrap_or_default();
+                if !ids.is_empty() {
+                    let _ = m.model.logits(&ids);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn truncated_and_corrupted_safetensors_never_load_or_panic() {
+    let bytes = std::fs::read(tiny_dir().join("model.safetensors")).unwrap();
+    let header = 8 + u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["config.json", "tokenizer.json"] {
+        std::fs::copy(tiny_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let path = dir.path().join("model.safetensors");
+    for len in cut_points(bytes.len(), header, 991) {
+        std::fs::write(&path, &bytes[..len]).unwrap();
+        assert!(load(dir.path()).is_err(), "safetensors cut at {len} loaded");
+    }
+    for at in (0..header).step_by(5) {
+        let mut bad = bytes.clone();
+        bad[at] ^= 0xFF;
+        std::fs::write(&path, &bad).unwrap();
+        let _ = load(dir.path());
+    }
+}
+
+/// A GGUF header that claims absurd sizes, written by hand.
+fn gguf_claiming(tensors: u64, metadata: u64, extra: &[u8]) -> Vec<u8> {
+    let mut b = b"GGUF".to_vec();
+    b.extend_from_slice(&3u32.to_le_bytes());
+    b.extend_from_slice(&tensors.to_le_bytes());
+    b.extend_from_slice(&metadata.to_le_bytes());
+    b.extend_from_slice(extra);
+    b
+}
+
+#[test]
+fn hostile_gguf_headers_are_refused_before_allocating() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.gguf");
+    let p = path.to_str().unwrap();
+    // 2^40 tensors.
+    std::fs::write(&path, gguf_claiming(1 << 40, 0, &[0; 64])).unwrap();
+    assert!(lmscope_err(&["--model", p, "tokenize", "x"]).contains("more than the file can hold"));
+    // A key of 2^62 bytes.
+    let mut key = (1u64 << 62).to_le_bytes().to_vec();
+    key.extend_from_slice(b"general.architecture");
+    std::fs::write(&path, gguf_claiming(0, 1, &key)).unwrap();
+    assert!(lmscope_err(&["--model", p, "tokenize", "x"]).contains("runs past the end"));
+    // An array of 2^62 u32 values.
+    let mut entry = 3u64.to_le_bytes().to_vec();
+    entry.extend_from_slice(b"ids");
+    entry.extend_from_slice(&9u32.to_le_bytes()); // array
+    entry.extend_from_slice(&4u32.to_le_bytes()); // of u32
+    entry.extend_from_slice(&(1u64 << 62).to_le_bytes());
+    std::fs::write(&path, gguf_claiming(0, 1, &entry)).unwrap();
+    assert!(lmscope_err(&["--model", p, "tokenize", "x"]).contains("runs past the end"));
+}
+
+/// Writes the tiny model with a changed config.json into a temp dir.
+fn tiny_with_config(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::fs::copy(tiny_dir().join(f), dir.path().join(f)).unwrap();
+    }
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("config.json")).unwrap())
+            .unwrap();
+    edit(&mut config);
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn configs_that_disagree_with_the_weights_are_refused() {
+    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+        (Box::new(|c| c["num_attention_heads"] = 0.into()), "num_attention_heads is 0"),
+        (
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("head_dim");
+                c["num_attention_heads"] = 3.into();
+                c["num_key_value_heads"] = 3.into();
+            }),
+            "not divisible by num_attention_heads",
+        ),
+        (Box::new(|c| c["hidden_size"] = 96.into()), "has shape"),
+        (Box::new(|c| c["num_hidden_layers"] = 3.into()), "model.layers.2"),
+        (
+            Box::new(|c| c["vocab_size"] = 100.into()),
+            "has shape [512, 64] but the config implies [100, 64]",
+        ),
+        (Box::new(|c| c["vocab_size"] = "many".into()), "invalid model config"),
+        (Box::new(|c| c["intermediate_size"] = u64::MAX.into()), "intermediate_size"),
+    ];
+    for (edit, expected) in cases {
+        let dir = tiny_with_config(edit);
+        let stderr = lmscope_err(&["--model", dir.path().to_str().unwrap(), "logits", "hi"]);
+        assert!(stderr.contains(expected), "expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains("config.json")
+                || stderr.contains("tensor")
+                || stderr.contains("tokenizer"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn safetensors_with_overlapping_or_outside_offsets_are_refused() {
+    let bytes = std::fs::read(tiny_dir().join("model.safetensors")).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let name = header.as_object().unwrap().keys().find(|k| *k != "__metadata__").unwrap().clone();
+    for offsets in [serde_json::json!([0, data.len() + 4096]), serde_json::json!([8, 4])] {
+        let mut h = header.clone();
+        h[&name]["data_offsets"] = offsets.clone();
+        let h = serde_json::to_vec(&h).unwrap();
+        let mut out = (h.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&h);
+        out.extend_from_slice(data);
+        let dir = tiny_with_config(|_| {});
+        std::fs::write(dir.path().join("model.safetensors"), out).unwrap();
+        let stderr = lmscope_err(&["--model", dir.path().to_str().unwrap(), "logits", "hi"]);
+        assert!(stderr.contains("safetensors") || stderr.contains(&name), "{offsets}: {stderr}");
+    }
+}
