@@ -142,7 +142,8 @@ fn tiny_with_config(edit: impl Fn(&mut serde_json::Value)) -> tempfile::TempDir 
 
 #[test]
 fn configs_that_disagree_with_the_weights_are_refused() {
-    let cases: Vec<(Box<dyn Fn(&mut serde_json::Value)>, &str)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(Edit, &str)> = vec![
         (Box::new(|c| c["num_attention_heads"] = 0.into()), "num_attention_heads is 0"),
         (
             Box::new(|c| {
