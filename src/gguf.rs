@@ -295,7 +295,10 @@ impl GgufFile {
         let bytes = self.tensor_bytes(info);
         // candle views the bytes as blocks in place: they must be aligned for them (the file's
         // alignment and a page-aligned map or allocator-aligned buffer guarantee it).
-        ensure!((bytes.as_ptr() as usize).is_multiple_of(8), "tensor {name} is not 8-byte aligned in memory");
+        ensure!(
+            (bytes.as_ptr() as usize).is_multiple_of(8),
+            "tensor {name} is not 8-byte aligned in memory"
+        );
         qtensor_from_ggml(info.dtype, bytes, info.dims.clone(), device)
             .with_context(|| format!("cannot read tensor {name}"))
     }

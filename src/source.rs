@@ -4,9 +4,9 @@
 //! into the standard Hugging Face cache (`$HF_HOME/hub`, default `~/.cache/huggingface/hub`), so a
 //! model Python already downloaded is reused, and a model downloaded here is reused by Python.
 
+use crate::hub::{HubError, HubRepo};
 use anyhow::{bail, ensure, Context, Result};
-use hf_hub::api::sync::ApiBuilder;
-use hf_hub::{Cache, Repo, RepoType};
+use hf_hub::Cache;
 use std::path::{Path, PathBuf};
 
 /// The model lmscope uses when `--model` is not given (the notebook's model).
@@ -192,60 +192,37 @@ fn hub_cache() -> Cache {
 
 /// The files of a Hub model, from the cache or downloaded into it.
 fn hub_files(repo_id: &str, revision: &str) -> Result<ModelFiles> {
-    let repo = Repo::with_revision(repo_id.to_string(), RepoType::Model, revision.to_string());
-    let cache = hub_cache();
-    if hub_offline() {
-        let cached = cache.repo(repo);
-        let get = |name: &str| cached.get(name);
-        return model_files(repo_id, get).with_context(|| {
-            format!(
-                "{repo_id} (revision {revision}) is not complete in the Hugging Face cache {} and HF_HUB_OFFLINE is set; {OFFLINE_HINT}",
-                cache.path().display()
-            )
-        });
-    }
-
     let endpoint = std::env::var("HF_ENDPOINT")
         .ok()
         .filter(|e| !e.is_empty())
         .unwrap_or_else(|| "https://huggingface.co".to_string());
-    let token = std::env::var("HF_TOKEN").ok().filter(|t| !t.is_empty()).or_else(|| cache.token());
-    let api = ApiBuilder::from_cache(cache)
-        .with_endpoint(endpoint.trim_end_matches('/').to_string())
-        .with_token(token)
-        .with_progress(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .build()
-        .context("cannot set up the Hugging Face Hub client")?;
-    let api_repo = api.repo(repo);
-    let mut network_error = None;
-    let get = |name: &str| match api_repo.get(name) {
+    let cache = hub_cache();
+    let cache_dir = cache.path().display().to_string();
+    let repo = HubRepo::new(&endpoint, repo_id, revision, cache);
+    if hub_offline() {
+        return model_files(repo_id, |name| repo.cached(name)).with_context(|| {
+            format!(
+                "{repo_id} (revision {revision}) is not complete in the Hugging Face cache {cache_dir} and HF_HUB_OFFLINE is set; {OFFLINE_HINT}"
+            )
+        });
+    }
+    let mut failure = None;
+    let result = model_files(repo_id, |name| match repo.get(name) {
         Ok(path) => Some(path),
-        Err(e) => {
-            if !is_not_found(&e) {
-                network_error.get_or_insert_with(|| e.to_string());
-            }
+        Err(HubError::NotFound) => None,
+        Err(HubError::Failed(e)) => {
+            failure.get_or_insert(e);
             None
         }
-    };
-    let result = model_files(repo_id, get);
-    match (result, network_error) {
+    });
+    match (result, failure) {
         (Ok(files), _) => Ok(files),
-        (Err(_), Some(e)) => bail!(
-            "cannot download {repo_id} (revision {revision}) from the Hugging Face Hub at {endpoint}: {e}; {OFFLINE_HINT}"
-        ),
+        (Err(_), Some(e)) => Err(anyhow::anyhow!(
+            "cannot download {repo_id} (revision {revision}) from the Hugging Face Hub at {endpoint}: {e:#}; {OFFLINE_HINT}"
+        )),
         (Err(e), None) => Err(e.context(format!(
             "{repo_id} (revision {revision}) on {endpoint} is not a usable model repository"
         ))),
-    }
-}
-
-/// Whether a Hub error means "this file does not exist" rather than "the Hub is unreachable".
-fn is_not_found(e: &hf_hub::api::sync::ApiError) -> bool {
-    match e {
-        hf_hub::api::sync::ApiError::RequestError(err) => {
-            matches!(err.as_ref(), ureq::Error::Status(404, _))
-        }
-        _ => false,
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 mod hub_server;
 
 use common::{lmscope, tiny_dir};
-use hub_server::{HubServer, COMMIT};
+use hub_server::{Fault, HubServer, COMMIT};
 use std::path::Path;
 use std::sync::atomic::Ordering;
 
@@ -156,4 +156,70 @@ fn revision_and_token_reach_the_hub() {
     assert!(log.iter().any(|l| l == "authorization: Bearer hf_test_token"), "{log:?}");
     let repo_dir = home.path().join("hub/models--lmscope-test--tiny-llama");
     assert_eq!(std::fs::read_to_string(repo_dir.join("refs/v1.0")).unwrap().trim(), COMMIT);
+}
+
+/// Runs `lmscope tokenize` against a server; returns (success, stderr, seconds taken).
+fn tokenize_via(server: &HubServer, home: &Path, extra: &[(&str, &str)]) -> (bool, String, f64) {
+    let start = std::time::Instant::now();
+    let mut cmd = lmscope();
+    cmd.args(["--model", REPO, "tokenize", "hi"])
+        .env("HF_HOME", home)
+        .env("HF_ENDPOINT", &server.endpoint);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    (out.status.success(), stderr, start.elapsed().as_secs_f64())
+}
+
+#[test]
+fn an_interrupted_download_is_never_taken_as_complete_and_resumes() {
+    let server = HubServer::start(REPO, tiny_dir());
+    server.inject("model.safetensors", Fault::CutAfter(100_000));
+    let home = tempfile::tempdir().unwrap();
+    let (ok, stderr, _) = tokenize_via(&server, home.path(), &[]);
+    assert!(!ok, "a cut download must fail");
+    assert!(stderr.contains("after 100000 of"), "{stderr}");
+    assert!(stderr.contains("run again to resume"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let snapshot = home.path().join("hub/models--lmscope-test--tiny-llama/snapshots").join(COMMIT);
+    assert!(!snapshot.join("model.safetensors").exists(), "half a file must not look complete");
+
+    // The next run resumes where the last one stopped and gets a working model.
+    let (ok, stderr, _) = tokenize_via(&server, home.path(), &[]);
+    assert!(ok, "{stderr}");
+    assert!(server.log().iter().any(|l| l == "range: bytes=100000-"), "{:?}", server.log());
+    let downloaded = std::fs::read(snapshot.join("model.safetensors")).unwrap();
+    assert_eq!(downloaded, std::fs::read(tiny_dir().join("model.safetensors")).unwrap());
+}
+
+#[test]
+fn server_errors_are_reported_with_their_status() {
+    let server = HubServer::start(REPO, tiny_dir());
+    server.inject("tokenizer.json", Fault::Status(500));
+    let home = tempfile::tempdir().unwrap();
+    let (ok, stderr, _) = tokenize_via(&server, home.path(), &[]);
+    assert!(!ok);
+    assert!(stderr.contains("HTTP 500"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let server = HubServer::start(REPO, tiny_dir());
+    server.inject("config.json", Fault::Status(401));
+    let home = tempfile::tempdir().unwrap();
+    let (ok, stderr, _) = tokenize_via(&server, home.path(), &[]);
+    assert!(!ok);
+    assert!(stderr.contains("set HF_TOKEN"), "{stderr}");
+}
+
+#[test]
+fn a_server_that_never_answers_times_out() {
+    let server = HubServer::start(REPO, tiny_dir());
+    server.inject("config.json", Fault::Hang);
+    let home = tempfile::tempdir().unwrap();
+    let (ok, stderr, seconds) = tokenize_via(&server, home.path(), &[("LMSCOPE_HUB_TIMEOUT", "1")]);
+    assert!(!ok);
+    assert!(seconds < 10.0, "took {seconds:.1} s");
+    assert!(stderr.to_lowercase().contains("timed out"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }

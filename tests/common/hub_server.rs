@@ -1,23 +1,37 @@
 //! A tiny HTTP server that serves a model directory in the Hugging Face Hub's URL layout:
-//! `GET /{repo_id}/resolve/{revision}/{file}` with the headers hf-hub reads (`x-repo-commit`,
-//! `etag`, `content-range` for range requests). Files it does not have answer 404.
+//! `GET /{repo_id}/resolve/{revision}/{file}` with the headers the Hub sends (`X-Repo-Commit`,
+//! `ETag`, `Content-Range` for range requests). Files it does not have answer 404. Faults can
+//! be injected per file: an HTTP error, a body cut short, or a connection that never answers.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+use std::time::Duration;
 
 /// The commit hash the server reports for every file.
 pub const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// What goes wrong with a file's download (its body request, not the 1-byte metadata probe).
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// Answer with this HTTP status, for every request of the file.
+    Status(u16),
+    /// Announce the whole body, send this many bytes, close (once).
+    CutAfter(usize),
+    /// Accept the connection and never answer (every time).
+    Hang,
+}
 
 pub struct HubServer {
     pub endpoint: String,
     /// Number of requests answered so far.
     pub requests: Arc<AtomicUsize>,
-    /// Every request line and Authorization header seen, in order.
+    /// Every request line, Range and Authorization header seen, in order.
     pub log: Arc<Mutex<Vec<String>>>,
+    faults: Arc<Mutex<Vec<(String, Fault)>>>,
 }
 
 impl HubServer {
@@ -27,15 +41,25 @@ impl HubServer {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let requests = Arc::new(AtomicUsize::new(0));
         let log = Arc::new(Mutex::new(Vec::new()));
+        let faults = Arc::new(Mutex::new(Vec::new()));
         let prefix = format!("/{repo_id}/resolve/");
-        let (counter, seen) = (requests.clone(), log.clone());
+        let (counter, seen, injected) = (requests.clone(), log.clone(), faults.clone());
         thread::spawn(move || {
             for stream in listener.incoming().flatten() {
                 counter.fetch_add(1, Ordering::SeqCst);
-                let _ = answer(stream, &prefix, &dir, &seen);
+                let (prefix, dir, seen, injected) =
+                    (prefix.clone(), dir.clone(), seen.clone(), injected.clone());
+                thread::spawn(move || {
+                    let _ = answer(stream, &prefix, &dir, &seen, &injected);
+                });
             }
         });
-        HubServer { endpoint, requests, log }
+        HubServer { endpoint, requests, log, faults }
+    }
+
+    /// Makes downloads of `file` go wrong.
+    pub fn inject(&self, file: &str, fault: Fault) {
+        self.faults.lock().unwrap().push((file.to_string(), fault));
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -46,8 +70,9 @@ impl HubServer {
 fn answer(
     mut stream: TcpStream,
     prefix: &str,
-    dir: &std::path::Path,
+    dir: &Path,
     log: &Mutex<Vec<String>>,
+    faults: &Mutex<Vec<(String, Fault)>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut request_line = String::new();
@@ -62,6 +87,7 @@ fn answer(
         }
         if let Some((name, value)) = line.split_once(':') {
             if name.eq_ignore_ascii_case("range") {
+                log.lock().unwrap().push(format!("range: {}", value.trim()));
                 range = parse_range(value.trim());
             }
             if name.eq_ignore_ascii_case("authorization") {
@@ -70,13 +96,43 @@ fn answer(
         }
     }
     // {prefix}{revision}/{file}
-    let file = path
+    let name = path
         .strip_prefix(prefix)
         .and_then(|rest| rest.split_once('/'))
-        .map(|(_revision, file)| file)
+        .map(|(_revision, file)| file.to_string())
         .filter(|f| !f.contains(".."))
-        .map(|f| dir.join(f))
-        .filter(|p| p.is_file());
+        .unwrap_or_default();
+    let probe = matches!(range, Some((0, Some(0))));
+    let fault = {
+        let mut faults = faults.lock().unwrap();
+        match faults.iter().position(|(f, _)| *f == name) {
+            Some(i) => match faults[i].1 {
+                Fault::Status(code) => Some(Fault::Status(code)),
+                Fault::Hang => Some(Fault::Hang),
+                Fault::CutAfter(n) if !probe => {
+                    faults.remove(i); // once: the next request succeeds
+                    Some(Fault::CutAfter(n))
+                }
+                Fault::CutAfter(_) => None,
+            },
+            None => None,
+        }
+    };
+    match fault {
+        Some(Fault::Status(code)) => {
+            write!(
+                stream,
+                "HTTP/1.1 {code} Injected\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )?;
+            return Ok(());
+        }
+        Some(Fault::Hang) => {
+            thread::sleep(Duration::from_secs(120));
+            return Ok(());
+        }
+        _ => {}
+    }
+    let file = Some(dir.join(&name)).filter(|p| !name.is_empty() && p.is_file());
     let Some(file) = file else {
         let body = b"Entry not found";
         write!(
@@ -97,12 +153,19 @@ fn answer(
         _ => ("200 OK", &data[..], None),
     };
     write!(stream, "HTTP/1.1 {status}\r\nContent-Length: {}\r\n", body.len())?;
-    write!(stream, "x-repo-commit: {COMMIT}\r\netag: \"{etag}\"\r\n")?;
+    write!(stream, "X-Repo-Commit: {COMMIT}\r\nETag: \"{etag}\"\r\n")?;
     if let Some(cr) = content_range {
         write!(stream, "Content-Range: {cr}\r\n")?;
     }
     write!(stream, "Connection: close\r\n\r\n")?;
-    stream.write_all(body)
+    match fault {
+        Some(Fault::CutAfter(n)) => {
+            stream.write_all(&body[..n.min(body.len())])?;
+            stream.flush()?;
+            stream.shutdown(std::net::Shutdown::Both)
+        }
+        _ => stream.write_all(body),
+    }
 }
 
 /// `bytes=START-` or `bytes=START-END`.
