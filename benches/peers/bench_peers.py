@@ -529,6 +529,8 @@ def machine() -> dict:
         "cores": os.cpu_count(),
         "platform": platform.platform(),
         "python": platform.python_version(),
+        # Other work on the machine skews every figure: the 1/5/15-minute load averages at start.
+        "loadavg_start": os.getloadavg(),
     }
 
 
@@ -697,6 +699,9 @@ def main() -> None:
         s = subprocess.run(["sha256sum", args.model], capture_output=True, text=True)
         results["config"]["model_sha256"] = s.stdout.split()[0] if s.returncode == 0 else None
 
+    load1 = results["machine"]["loadavg_start"][0]
+    if load1 > 0.5:
+        log(f"warning: load average {load1:.1f} before starting: other work will skew the figures")
     results["fresh_process"] = fresh_process(args, tools)
     if not args.no_in_process:
         results["in_process"] = {
@@ -706,6 +711,7 @@ def main() -> None:
         if "transformers" in ip and "llama.cpp" in ip:
             results["long_ids_match"] = ip["transformers"]["long_ids"] == ip["llama.cpp"]["long_ids"]
 
+    results["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
     log(f"results written to {args.out}")
