@@ -115,6 +115,9 @@ impl std::fmt::Debug for BlockMatrix {
 /// whose register-blocked kernel beats the row-by-row one for long prompts.
 const GEMM_ROWS: usize = 8;
 
+/// Products with fewer multiply-adds than this run on the calling thread.
+const SERIAL_WORK: usize = 1 << 18;
+
 impl BlockMatrix {
     pub fn new(kind: BlockType, rows: usize, cols: usize, bytes: BlockBytes) -> Result<Self> {
         if !cols.is_multiple_of(BLOCK) {
@@ -189,11 +192,15 @@ impl BlockMatrix {
         let n = self.rows;
         // Each task computes whole output rows of W, for all m inputs: out_t is (n, m).
         let mut out_t = vec![0f32; n * m];
-        let rows_per_task = (n / (4 * rayon::current_num_threads())).clamp(16, 1024);
-        out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
-            let first = task * rows_per_task;
-            dot_rows(self, &x, m, first, out);
-        });
+        if n * k * m < SERIAL_WORK {
+            // Waking the other threads would cost more than the work.
+            dot_rows(self, &x, m, 0, &mut out_t);
+        } else {
+            let rows_per_task = (n / (4 * rayon::current_num_threads())).clamp(16, 1024);
+            out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
+                dot_rows(self, &x, m, task * rows_per_task, out);
+            });
+        }
         let out = if m == 1 {
             out_t
         } else {
