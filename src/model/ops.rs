@@ -23,9 +23,17 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     a.matmul(b)
 }
 
-/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`, computed in f32 as transformers' LlamaRMSNorm
-/// does. x: (.., c), weight: (c).
+/// RMSNorm: `x / sqrt(mean(x^2) + eps) * weight`. x: (.., c), weight: (c).
+/// In f32 this is candle's one-pass kernel; [`rms_norm_slow`] is the same formula step by step.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
+        return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
+    }
+    rms_norm_slow(x, weight, eps)
+}
+
+/// RMSNorm as transformers' LlamaRMSNorm writes it, computed in f32 whatever the input dtype.
+pub fn rms_norm_slow(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     let dtype = x.dtype();
     let x = x.to_dtype(DType::F32)?;
     let variance = x.sqr()?.mean_keepdim(D::Minus1)?; // (.., 1)
@@ -133,9 +141,18 @@ mod tests {
         // x = [3, 4]: mean(x^2) = 12.5, rms = sqrt(12.5 + 0) = 3.5355; weight [1, 2].
         let x = Tensor::new(&[[3f32, 4.]], &Device::Cpu).unwrap();
         let w = Tensor::new(&[1f32, 2.], &Device::Cpu).unwrap();
-        let y = rms_norm(&x, &w, 0.0).unwrap().to_vec2::<f32>().unwrap();
-        assert!((y[0][0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6);
-        assert!((y[0][1] - 2.0 * 4.0 / 12.5f32.sqrt()).abs() < 1e-6);
+        for norm in [rms_norm, rms_norm_slow] {
+            let y = norm(&x, &w, 0.0).unwrap().to_vec2::<f32>().unwrap();
+            assert!((y[0][0] - 3.0 / 12.5f32.sqrt()).abs() < 1e-6);
+            assert!((y[0][1] - 2.0 * 4.0 / 12.5f32.sqrt()).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rms_norm_fast_equals_slow() {
+        let x = Tensor::randn(0f32, 3., (2, 5, 64), &Device::Cpu).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 64, &Device::Cpu).unwrap();
+        close(&rms_norm(&x, &w, 1e-5).unwrap(), &rms_norm_slow(&x, &w, 1e-5).unwrap(), 1e-5);
     }
 
     #[test]
