@@ -45,7 +45,7 @@ def gvalue(v) -> bytes:
     if isinstance(v, str):
         return struct.pack("<I", 8) + gstr(v)
     if isinstance(v, list):
-        if isinstance(v[0], str):
+        if not v or isinstance(v[0], str):
             return struct.pack("<IIQ", 9, 8, len(v)) + b"".join(gstr(s) for s in v)
         return struct.pack("<IIQ", 9, 5, len(v)) + b"".join(struct.pack("<i", x) for x in v)
     raise TypeError(v)
@@ -81,7 +81,7 @@ def encode_tensor(kind: str, values: list) -> bytes:
 GGML_TYPE = {"F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
 
 
-def small_gguf(matrix_kinds: dict) -> bytes:
+def small_gguf(matrix_kinds: dict, shape_overrides=None, meta_overrides=None) -> bytes:
     vocab, hidden, heads, kv_heads, inter = 8, 32, 2, 1, 32
     head_dim = hidden // heads
     tokens = ["<|endoftext|>", "<|im_start|>", "a", "b", "Ġ", "ab", "Ġa", "c"]
@@ -106,6 +106,7 @@ def small_gguf(matrix_kinds: dict) -> bytes:
         ("tokenizer.ggml.eos_token_id", 0),
         ("tokenizer.ggml.add_bos_token", True),
     ]
+    meta = [(k, (meta_overrides or {}).get(k, v)) for k, v in meta]
     shapes = {  # row-major (outermost first), as lmscope reports them
         "token_embd.weight": [vocab, hidden],
         "blk.0.attn_norm.weight": [hidden],
@@ -119,6 +120,7 @@ def small_gguf(matrix_kinds: dict) -> bytes:
         "blk.0.ffn_down.weight": [hidden, inter],
         "output_norm.weight": [hidden],
     }
+    shapes.update(shape_overrides or {})
     infos, data = b"", b""
     for n, (name, shape) in enumerate(shapes.items()):
         kind = "F32" if len(shape) == 1 else matrix_kinds.get(name.split(".")[-2], matrix_kinds["*"])

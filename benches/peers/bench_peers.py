@@ -378,9 +378,37 @@ CHILDREN = {
 # --------------------------------------------------------------------------------------------
 
 
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has been busy since boot, all cores together (/proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+    except OSError:
+        return 0.0
+    user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, fields)
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_idle(max_wait: float) -> float:
+    """Wait (at most max_wait seconds) until the machine is nearly idle; returns its busy share."""
+    deadline = now() + max_wait
+    while True:
+        b, t = busy_cpu_s(), now()
+        time.sleep(5)
+        share = (busy_cpu_s() - b) / ((now() - t) * (os.cpu_count() or 1))
+        if share < 0.1 or now() >= deadline:
+            return share
+        log(f"machine {share:.0%} busy: waiting for it to calm down")
+
+
 def run_child(cmd: list[str], timeout: float) -> dict:
-    """Run one child process; wall time around it, peak RSS from its own rusage (os.wait4)."""
+    """Run one child process; wall time around it, peak RSS from its own rusage (os.wait4).
+
+    Also counts the CPU time that other processes took meanwhile ("foreign" CPU: the machine's
+    busy time from /proc/stat less the child's own user + system time): on a 2-core machine any
+    of it slows the child down, so the JSON output keeps it next to every measurement.
+    """
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        busy = busy_cpu_s()
         t = now()
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
         killer = threading.Timer(timeout, proc.kill)
@@ -390,6 +418,7 @@ def run_child(cmd: list[str], timeout: float) -> dict:
         finally:
             killer.cancel()
         wall = now() - t
+        foreign = max(0.0, busy_cpu_s() - busy - rusage.ru_utime - rusage.ru_stime)
         proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         err.seek(0)
@@ -402,6 +431,7 @@ def run_child(cmd: list[str], timeout: float) -> dict:
         "peak_rss_mib": rusage.ru_maxrss / 1024,  # ru_maxrss is in KiB on Linux
         "user_s": rusage.ru_utime,
         "sys_s": rusage.ru_stime,
+        "foreign_cpu_s": foreign,
         "stdout": stdout,
         "stderr": stderr,
     }
@@ -438,10 +468,19 @@ def lmscope_cmd(args: argparse.Namespace) -> list[str]:
     return [exe, "--model", args.model, "logits", args.prompt, "--top-k", "1"]
 
 
-def lmscope_argmax_id(stdout: str) -> int | None:
-    """Best effort: the rank-1 token id in lmscope's table output (`│ 1 ┆ 260 ┆ Ġthe ...`)."""
-    m = re.search(r"^\s*│\s*1\s*┆\s*(\d+)\s*┆", stdout, re.MULTILINE)
-    return int(m.group(1)) if m else None
+def lmscope_argmax(stdout: str) -> tuple[int | None, str | None]:
+    """Best effort: the argmax token id and text in lmscope's output.
+
+    `argmax` prints `argmax: id 260 = Ġthe (" the"), probability 0.2620`; `logits -k 1` prints a
+    table whose rank-1 row reads `│ 1 ┆ 260 ┆ Ġthe ┆ " the" ┆ ...`.
+    """
+    m = re.search(r'^argmax: id (\d+) = \S+ \("(.*)"\)', stdout, re.MULTILINE)
+    if m:
+        return int(m.group(1)), m.group(2)
+    m = re.search(r'^\s*│\s*1\s*┆\s*(\d+)\s*┆[^┆]*┆\s*"(.*?)"\s*┆', stdout, re.MULTILINE)
+    if m:
+        return int(m.group(1)), m.group(2)
+    return None, None
 
 
 def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
@@ -473,12 +512,12 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
             "peak_rss_mib": summary([r["peak_rss_mib"] for r in rs]),
             "user_s": summary([r["user_s"] for r in rs]),
             "sys_s": summary([r["sys_s"] for r in rs]),
+            "foreign_cpu_s": summary([r["foreign_cpu_s"] for r in rs]),
             "stdout_first_run": rs[0]["stdout"][-3000:],
         }
         child = [last_json_line(r["stdout"]) for r in rs]
         if t == "lmscope":
-            entry["argmax_id"] = lmscope_argmax_id(rs[0]["stdout"])
-            entry["argmax_text"] = None
+            entry["argmax_id"], entry["argmax_text"] = lmscope_argmax(rs[0]["stdout"])
         elif all(child):
             entry["argmax_id"] = child[0]["argmax_id"]
             entry["argmax_text"] = child[0]["argmax_text"]
@@ -494,6 +533,8 @@ def in_process(args: argparse.Namespace, tool: str) -> dict:
     r = check(run_child(self_cmd(args, f"{tool}-inproc"), args.timeout * 4), f"{tool} in process")
     out = last_json_line(r["stdout"])
     out["peak_rss_mib"] = r["peak_rss_mib"]
+    out["wall_s"] = r["wall_s"]
+    out["foreign_cpu_s"] = r["foreign_cpu_s"]
     return out
 
 
@@ -621,6 +662,16 @@ def markdown(results: dict) -> str:
         f"per tool, alternated run by run. Threads: {results['config']['threads']}. Decode: "
         f"{NEW_TOKENS} new tokens, rate over the {NEW_TOKENS - 1} single-token steps.",
     ]
+    foreign = sum(e["foreign_cpu_s"]["median"] * results["config"]["runs"] for e in fresh.values())
+    foreign += sum(e.get("foreign_cpu_s", 0.0) for e in inproc.values())
+    wall = sum(e["wall_s"]["median"] * results["config"]["runs"] for e in fresh.values())
+    wall += sum(e.get("wall_s", 0.0) for e in inproc.values())
+    if wall > 0:
+        share = foreign / (wall * (results["machine"]["cores"] or 1))
+        notes.append(
+            f"Other processes took about {foreign:.0f} CPU-seconds during the measurements "
+            f"({share:.0%} of the machine){': figures are skewed' if share > 0.05 else ''}."
+        )
     fresh_ids = {t: e.get("argmax_id") for t, e in fresh.items() if e.get("argmax_id") is not None}
     if fresh_ids:
         notes.append(
@@ -656,6 +707,8 @@ def main() -> None:
     p.add_argument("--prompt", default=PROMPT, help="prompt of the argmax runs (default: %(default)r)")
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds before a fresh-process child is killed (x4 in process)")
+    p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
+                   help="first wait up to SECONDS for the machine to be <10%% busy (default: 0)")
     p.add_argument("--out", default="results.json", help="JSON results file (default: %(default)s)")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -699,9 +752,8 @@ def main() -> None:
         s = subprocess.run(["sha256sum", args.model], capture_output=True, text=True)
         results["config"]["model_sha256"] = s.stdout.split()[0] if s.returncode == 0 else None
 
-    load1 = results["machine"]["loadavg_start"][0]
-    if load1 > 0.5:
-        log(f"warning: load average {load1:.1f} before starting: other work will skew the figures")
+    if args.wait_idle > 0:
+        results["machine"]["busy_share_at_start"] = wait_idle(args.wait_idle)
     results["fresh_process"] = fresh_process(args, tools)
     if not args.no_in_process:
         results["in_process"] = {
