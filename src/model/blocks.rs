@@ -1,12 +1,13 @@
 //! GGUF weight matrices kept in their quantized blocks and dequantized *inside* the matrix
 //! product, with f32 activations.
 //!
-//! Every weight is turned into exactly the f32 value that dequantizing the whole file would give
-//! (`d * q + m` for Q4_1, as gguf-py, transformers and candle compute it), and multiplied by f32
-//! activations: the same products as "dequantize, then matmul", in another summation order. What
-//! changes is the memory traffic: 0.6 bytes per weight (Q4_1) instead of 4 (f32), and no
-//! dequantization at load time. This is lmscope's exact path; candle's quantized matmul
-//! (`--quantized`) also rounds the activations to 8 bits and is not exact.
+//! The weights are those of dequantizing the whole file (`d * q + m` for Q4_1, as gguf-py,
+//! transformers and candle compute it) and the activations stay f32: the result is the dot
+//! product with the dequantized matrix, with the rounding of another summation order (as with
+//! any other matrix library; see `dot_rows_generic`). Embedding rows and the long-prompt path are
+//! dequantized bit for bit. What changes is the memory traffic: 0.6 bytes per weight (Q4_1)
+//! instead of 4 (f32), and no dequantization at load time. This is lmscope's exact path;
+//! candle's quantized matmul (`--quantized`) also rounds the activations to 8 bits and is not.
 
 use anyhow::{bail, Result};
 use candle_core::quantized::GgmlDType;
