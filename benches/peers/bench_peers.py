@@ -400,6 +400,12 @@ def wait_idle(max_wait: float) -> float:
         log(f"machine {share:.0%} busy: waiting for it to calm down")
 
 
+def settle(args: argparse.Namespace) -> None:
+    """With --wait-idle, wait before each measured child until other work leaves the machine."""
+    if args.wait_idle > 0:
+        wait_idle(args.wait_idle)
+
+
 def run_child(cmd: list[str], timeout: float) -> dict:
     """Run one child process; wall time around it, peak RSS from its own rusage (os.wait4).
 
@@ -498,6 +504,7 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
         check(run_child(cmds[t], args.timeout), f"{t} warm-up")
     for i in range(args.runs):
         for t in tools:  # alternate: A B C A B C ...
+            settle(args)
             r = check(run_child(cmds[t], args.timeout), f"{t} fresh process")
             log(f"fresh process {i + 1}/{args.runs} {t}: {r['wall_s']:.3f} s, "
                 f"{r['peak_rss_mib']:.0f} MiB")  # fmt: skip
@@ -530,6 +537,7 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
 
 def in_process(args: argparse.Namespace, tool: str) -> dict:
     log(f"in process: {tool} (forward x{args.reps}, decode x{args.decode_reps})")
+    settle(args)
     r = check(run_child(self_cmd(args, f"{tool}-inproc"), args.timeout * 4), f"{tool} in process")
     out = last_json_line(r["stdout"])
     out["peak_rss_mib"] = r["peak_rss_mib"]
@@ -708,7 +716,8 @@ def main() -> None:
     p.add_argument("--timeout", type=float, default=300,
                    help="seconds before a fresh-process child is killed (x4 in process)")
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
-                   help="first wait up to SECONDS for the machine to be <10%% busy (default: 0)")
+                   help="before each measured child, wait up to SECONDS for the machine to be\n"
+                   "less than 10%% busy (for shared machines; default: 0, no waiting)")
     p.add_argument("--out", default="results.json", help="JSON results file (default: %(default)s)")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -752,8 +761,6 @@ def main() -> None:
         s = subprocess.run(["sha256sum", args.model], capture_output=True, text=True)
         results["config"]["model_sha256"] = s.stdout.split()[0] if s.returncode == 0 else None
 
-    if args.wait_idle > 0:
-        results["machine"]["busy_share_at_start"] = wait_idle(args.wait_idle)
     results["fresh_process"] = fresh_process(args, tools)
     if not args.no_in_process:
         results["in_process"] = {
