@@ -39,8 +39,8 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// GGUF only: keep the quantized blocks and use candle's quantized matmul, which also rounds
-    /// the activations to 8 bits (faster; numbers differ slightly from the exact path)
+    /// GGUF only: candle's quantized matmul on the GGUF blocks, which also rounds the
+    /// activations to 8 bits (the numbers differ from the exact path; see docs/performance.md)
     #[arg(long, global = true)]
     pub quantized: bool,
 

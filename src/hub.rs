@@ -122,7 +122,8 @@ impl HubRepo {
                 "{url}: HTTP {code} {}",
                 resp.status_text()
             ))),
-            Err(ureq::Error::Transport(t)) => Err(HubError::Failed(anyhow!("{url}: {t}"))),
+            // ureq's message names the URL already.
+            Err(ureq::Error::Transport(t)) => Err(HubError::Failed(anyhow!("{t}"))),
         }
     }
 

@@ -57,6 +57,13 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
 fn run(cli: Cli) -> Result<ExitCode> {
     let g = &cli.global;
     let format = if g.json { Format::Json } else { Format::Human };
+    anyhow::ensure!(
+        !(g.quantized && g.dtype != Dtype::F32),
+        "--quantized computes in f32 from the GGUF blocks: drop --dtype"
+    );
+    if matches!(cli.command, Command::Logits(_) | Command::Argmax(_) | Command::Generate(_)) {
+        note_quantized(g);
+    }
     match &cli.command {
         Command::Tokenize(args) => {
             let tokenizer = load_tokenizer(g)?;
@@ -171,13 +178,14 @@ fn load_model(g: &GlobalArgs) -> Result<model::LoadedModel> {
     let resolved = resolve(g)?;
     let _t = lmscope::timings::span("load");
     if g.quantized {
-        anyhow::ensure!(
-            dtype == candle_core::DType::F32,
-            "--quantized computes in f32: drop --dtype"
-        );
-        // Say which path ran: its numbers are not the exact ones.
-        eprintln!("note: --quantized: candle's quantized matmul (activations rounded to 8 bits); numbers differ slightly from the exact path");
         return model::load_as(&resolved, model::MatrixForm::Quantized);
     }
     model::load(&resolved, dtype)
+}
+
+/// Says, on stderr, that the numbers of a forward pass come from the --quantized path.
+fn note_quantized(g: &GlobalArgs) {
+    if g.quantized {
+        eprintln!("note: --quantized: candle's quantized matmul (activations rounded to 8 bits); the numbers differ from the exact path");
+    }
 }

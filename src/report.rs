@@ -147,7 +147,7 @@ pub fn logits(format: Format, r: &LogitsReport) -> Result<()> {
                 x.rank.to_string(),
                 x.id.to_string(),
                 x.token.clone(),
-                visible(&x.text),
+                visible_bytes(&x.bytes),
                 format!("{:.4}", x.logit),
                 format!("{:.4}", x.prob),
                 format!("{:.4}", x.logprob),
@@ -310,6 +310,7 @@ pub fn model(format: Format, r: &ModelReport) -> Result<()> {
             ("eos_token_ids", format!("{:?}", c.eos_token_ids)),
             ("stored dtype", c.stored_dtype.clone().unwrap_or_else(|| "unknown".into())),
             ("compute dtype", r.dtype.clone()),
+            ("matrices", r.matrices.clone()),
         ];
         for (k, v) in rows {
             t.add_row(vec![k.to_string(), v]);

@@ -37,6 +37,8 @@ pub struct Ranked {
     pub token: String,
     /// The readable text of the token (` Helsinki`).
     pub text: String,
+    /// The exact bytes of the token.
+    pub bytes: Vec<u8>,
     pub logit: f32,
     /// softmax(logits)[id], computed over the whole vocabulary in f64.
     pub prob: f64,
@@ -142,6 +144,7 @@ pub fn rank(m: &LoadedModel, row: &[f32], k: usize) -> Result<Vec<Ranked>> {
                 id: id as u32,
                 token: token.token,
                 text: token.text,
+                bytes: token.bytes,
                 logit: row[id],
                 prob: probs[id],
                 logprob: probs[id].ln(),

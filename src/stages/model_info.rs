@@ -16,6 +16,8 @@ pub struct ModelReport {
     pub parameters: Parameters,
     /// The dtype the forward pass computes in.
     pub dtype: String,
+    /// How the weight matrices are held and multiplied (the exact or the --quantized path).
+    pub matrices: String,
 }
 
 /// Parameter counts per part of the model.
@@ -49,7 +51,37 @@ pub fn run(m: &LoadedModel) -> Result<ModelReport> {
         config: cfg.clone(),
         parameters,
         dtype: format!("{:?}", m.model.dtype).to_lowercase(),
+        matrices: describe_matrices(m),
     })
+}
+
+/// "exact: ..." or "quantized: ...", from the forms the loaded matrices are in.
+fn describe_matrices(m: &LoadedModel) -> String {
+    use crate::model::weights::Matrix;
+    let w = &m.model.weights;
+    let mut forms: Vec<String> = Vec::new();
+    let mut quantized = false;
+    let all = w.layers.iter().flat_map(|l| {
+        [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]
+    });
+    for matrix in all.chain([&w.embed_tokens, &w.lm_head]) {
+        let form = match matrix {
+            Matrix::Dense(t) => format!("dense {:?}", t.dtype()).to_lowercase(),
+            Matrix::Blocks(b) => format!("{:?} blocks", b.kind),
+            Matrix::Quantized(..) => {
+                quantized = true;
+                "candle quantized".to_string()
+            }
+        };
+        if !forms.contains(&form) {
+            forms.push(form);
+        }
+    }
+    if quantized {
+        format!("quantized: {} (activations rounded to 8 bits)", forms.join(", "))
+    } else {
+        format!("exact: {} (f32 activations)", forms.join(", "))
+    }
 }
 
 fn parameters(cfg: &Config) -> Parameters {
