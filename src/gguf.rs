@@ -206,7 +206,9 @@ impl GgufFile {
                 elems % block == 0,
                 "tensor {name:?}: {elems} elements is not a multiple of the {dtype:?} block size {block}"
             );
-            let size = elems / block * dtype.type_size() as u64;
+            let size = (elems / block)
+                .checked_mul(dtype.type_size() as u64)
+                .with_context(|| format!("tensor {name:?}: byte size overflows"))?;
             // The format puts every tensor at a multiple of the alignment; candle reads the
             // blocks in place, which needs it.
             ensure!(

@@ -213,7 +213,7 @@ impl Tokenizer {
         ensure!(
             (id as usize) < self.vocab_size(),
             "token id {id} is out of range (the vocabulary has ids 0..{})",
-            self.vocab_size() - 1
+            self.vocab_size().saturating_sub(1)
         );
         Ok(())
     }

@@ -195,3 +195,20 @@ fn safetensors_with_overlapping_or_outside_offsets_are_refused() {
         assert!(stderr.contains("safetensors") || stderr.contains(&name), "{offsets}: {stderr}");
     }
 }
+
+/// Every GGUF file the fuzzer found a crash with (fuzz/regressions/gguf) now loads into a clean
+/// error.
+#[test]
+fn fuzzer_regressions_are_clean_errors() {
+    let dir = repo_path("fuzz/regressions/gguf");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "gguf") {
+            seen += 1;
+            let err = load(&path).err().unwrap_or_else(|| panic!("{} loaded", path.display()));
+            assert!(!format!("{err:#}").contains('\n'), "{}: {err:#}", path.display());
+        }
+    }
+    assert!(seen >= 5, "only {seen} regression files in {}", dir.display());
+}

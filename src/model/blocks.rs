@@ -9,7 +9,7 @@
 //! instead of 4 (f32), and no dequantization at load time. This is lmscope's exact path;
 //! candle's quantized matmul (`--quantized`) also rounds the activations to 8 bits and is not.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use half::f16;
@@ -156,7 +156,10 @@ impl BlockMatrix {
         if !cols.is_multiple_of(BLOCK) {
             bail!("a {kind:?} matrix needs a multiple of {BLOCK} columns, not {cols}");
         }
-        let expected = rows * (cols / BLOCK) * kind.block_bytes();
+        let expected = rows
+            .checked_mul(cols / BLOCK)
+            .and_then(|blocks| blocks.checked_mul(kind.block_bytes()))
+            .with_context(|| format!("a {rows}x{cols} {kind:?} matrix is too large"))?;
         let got = bytes.as_slice().len();
         if got != expected {
             bail!("a {rows}x{cols} {kind:?} matrix takes {expected} bytes, not {got}");

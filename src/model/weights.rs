@@ -27,6 +27,12 @@ pub enum Matrix {
 }
 
 impl Matrix {
+    /// A dense matrix; refuses tensors that are not 2-D.
+    pub fn dense(t: Tensor) -> Result<Self> {
+        ensure!(t.rank() == 2, "expected a matrix, got a tensor of shape {:?}", t.dims());
+        Ok(Matrix::Dense(t))
+    }
+
     /// (out_features, in_features)
     pub fn dims(&self) -> (usize, usize) {
         match self {
@@ -121,6 +127,10 @@ pub enum MatrixForm {
 
 /// Something that hands out tensors by their Hugging Face names.
 pub trait TensorSource {
+    /// The shape the file declares for `name` (read from its header, nothing loaded), or None
+    /// if the source lacks it. Checked against the config before anything is allocated.
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>>;
+
     /// The tensor called `name` in a Hugging Face checkpoint, or None if the source lacks it.
     fn tensor(&self, name: &str) -> Result<Option<Tensor>>;
 
@@ -130,7 +140,7 @@ pub trait TensorSource {
             MatrixForm::Exact(dtype) => dtype,
             MatrixForm::Quantized => DType::F32,
         };
-        Ok(self.tensor(name)?.map(|t| t.to_dtype(dtype)).transpose()?.map(Matrix::Dense))
+        self.tensor(name)?.map(|t| Matrix::dense(t.to_dtype(dtype)?)).transpose()
     }
 }
 
@@ -144,27 +154,31 @@ impl Weights {
         let (c, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let q_out = cfg.num_attention_heads * cfg.head_dim;
         let kv_out = cfg.num_key_value_heads * cfg.head_dim;
+        // The declared shape must be the config's before a byte is loaded.
+        let check = |name: &str, expected: &[usize]| -> Result<()> {
+            let shape = source
+                .shape(name)?
+                .with_context(|| format!("tensor {name} is missing from the checkpoint"))?;
+            ensure!(
+                shape == expected,
+                "tensor {name} has shape {shape:?} but the config implies {expected:?}"
+            );
+            Ok(())
+        };
         let vector = |name: &str| -> Result<Tensor> {
+            check(name, &[c])?;
             let t = source
                 .tensor(name)?
                 .with_context(|| format!("tensor {name} is missing from the checkpoint"))?;
-            ensure!(
-                t.dims() == [c],
-                "tensor {name} has shape {:?} but the config implies [{c}]",
-                t.dims()
-            );
+            ensure!(t.dims() == [c], "tensor {name} loaded with shape {:?}", t.dims());
             Ok(t.to_dtype(dtype)?)
         };
         let matrix = |name: &str, out: usize, inp: usize, form: MatrixForm| -> Result<Matrix> {
+            check(name, &[out, inp])?;
             let m = source
                 .matrix(name, form)?
                 .with_context(|| format!("tensor {name} is missing from the checkpoint"))?;
-            ensure!(
-                m.dims() == (out, inp),
-                "tensor {name} has shape [{}, {}] but the config implies [{out}, {inp}]",
-                m.dims().0,
-                m.dims().1
-            );
+            ensure!(m.dims() == (out, inp), "tensor {name} loaded with shape {:?}", m.dims());
             Ok(m)
         };
 
@@ -247,6 +261,10 @@ impl SafetensorsSource {
 }
 
 impl TensorSource for SafetensorsSource {
+    fn shape(&self, name: &str) -> Result<Option<Vec<usize>>> {
+        Ok(self.tensors.get(name).ok().map(|view| view.shape().to_vec()))
+    }
+
     fn tensor(&self, name: &str) -> Result<Option<Tensor>> {
         if self.tensors.get(name).is_err() {
             return Ok(None);
@@ -267,6 +285,13 @@ pub struct GgufSource<'a> {
 }
 
 impl TensorSource for GgufSource<'_> {
+    fn shape(&self, hf_name: &str) -> Result<Option<Vec<usize>>> {
+        let Some((gguf_name, _)) = gguf_name(hf_name, self.cfg)? else {
+            return Ok(None);
+        };
+        Ok(self.gguf.tensors.get(&gguf_name).map(|info| info.dims.clone()))
+    }
+
     fn tensor(&self, hf_name: &str) -> Result<Option<Tensor>> {
         let Some((gguf_name, permute_heads)) = gguf_name(hf_name, self.cfg)? else {
             return Ok(None);
@@ -293,7 +318,7 @@ impl TensorSource for GgufSource<'_> {
             return Ok(None);
         };
         let dense = |dtype: DType| -> Result<Option<Matrix>> {
-            Ok(self.tensor(hf_name)?.map(|t| t.to_dtype(dtype)).transpose()?.map(Matrix::Dense))
+            self.tensor(hf_name)?.map(|t| Matrix::dense(t.to_dtype(dtype)?)).transpose()
         };
         match form {
             MatrixForm::Exact(DType::F32) => {
@@ -323,6 +348,7 @@ impl TensorSource for GgufSource<'_> {
                     // Reorder whole rows of blocks, as for the exact path.
                     let kind = q.dtype();
                     let data = q.data()?.to_vec();
+                    ensure!(dims.0 > 0, "tensor {gguf_name} has no rows");
                     let row_bytes = data.len() / dims.0;
                     let order = unpermuted_row_order(dims.0, heads)?;
                     let mut out = Vec::with_capacity(data.len());
