@@ -4,7 +4,7 @@
 //! (Whole-process comparisons with transformers and llama.cpp: benches/peers/run.sh.)
 
 use candle_core::{DType, Device, Tensor};
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use lmscope::model::{self, KvCache, LoadedModel, MatrixForm};
 use lmscope::source::ModelSpec;
 use std::hint::black_box;
@@ -78,5 +78,26 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, stages);
+/// The machine's limit for decoding: how fast one core streams memory (a sum over 256 MiB, far
+/// larger than the caches). Decoding reads every weight once per token, so tokens/s can be at
+/// most bandwidth / bytes of weights (about 96 MB for the Q4_1 GGUF's blocks).
+fn memory_bandwidth(c: &mut Criterion) {
+    let data = vec![1.0f32; 64 << 20];
+    let mut g = c.benchmark_group("memory");
+    g.sample_size(10).throughput(Throughput::Bytes((data.len() * 4) as u64));
+    g.bench_function("read 256 MiB (one core)", |b| {
+        b.iter(|| {
+            let mut lanes = [0f32; 16];
+            for chunk in black_box(&data).chunks_exact(16) {
+                for (l, x) in lanes.iter_mut().zip(chunk) {
+                    *l += x;
+                }
+            }
+            lanes.iter().sum::<f32>()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, stages, memory_bandwidth);
 criterion_main!(benches);
