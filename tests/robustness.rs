@@ -212,3 +212,26 @@ fn fuzzer_regressions_are_clean_errors() {
     }
     assert!(seen >= 5, "only {seen} regression files in {}", dir.display());
 }
+
+/// The fuzzer's weight_shapes finds (fuzz/regressions/weight_shapes), rebuilt as files: an
+/// embedding that is a scalar or a vector instead of a matrix, and a zero-sized matrix with a
+/// 2^40 dimension. Each must be refused by name before anything is allocated.
+#[test]
+fn malformed_weight_shapes_are_refused() {
+    let dev = candle_core::Device::Cpu;
+    let shapes: Vec<Vec<usize>> = vec![vec![], vec![512 * 64], vec![1 << 40, 0], vec![0, 1 << 40]];
+    for shape in shapes {
+        let mut tensors =
+            candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &dev).unwrap();
+        let bad = if shape.is_empty() {
+            candle_core::Tensor::new(1f32, &dev).unwrap()
+        } else {
+            candle_core::Tensor::zeros(shape.as_slice(), DType::F32, &dev).unwrap()
+        };
+        tensors.insert("model.embed_tokens.weight".to_string(), bad);
+        let dir = tiny_with_config(|_| {});
+        candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+        let stderr = lmscope_err(&["--model", dir.path().to_str().unwrap(), "logits", "hi"]);
+        assert!(stderr.contains("model.embed_tokens.weight has shape"), "{shape:?}: {stderr}");
+    }
+}
