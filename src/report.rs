@@ -103,7 +103,9 @@ pub fn tokenize(format: Format, r: &TokenizeReport) -> Result<()> {
         s += &format!("decoded:   {}", visible(&r.decoded));
         match r.round_trip {
             Some(true) => s += "  (identical to the input)\n",
-            Some(false) => s += "  (differs from the input)\n",
+            Some(false) => {
+                s += "  (differs from the input: the vocabulary has no token for some of its bytes, and the tokenizer dropped them, as transformers does)\n"
+            }
             None => s += "\n",
         }
         if uses_g(r.tokens.iter().map(|t| &t.token)) {
