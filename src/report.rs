@@ -104,7 +104,7 @@ pub fn tokenize(format: Format, r: &TokenizeReport) -> Result<()> {
         match r.round_trip {
             Some(true) => s += "  (identical to the input)\n",
             Some(false) => {
-                s += "  (differs from the input: the vocabulary has no token for some of its bytes, and the tokenizer dropped them, as transformers does)\n"
+                s += "  (differs from the input: this tokenizer does not keep every byte; bytes with no token in the vocabulary are dropped, as in transformers)\n"
             }
             None => s += "\n",
         }
