@@ -507,7 +507,7 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
             settle(args)
             r = check(run_child(cmds[t], args.timeout), f"{t} fresh process")
             log(f"fresh process {i + 1}/{args.runs} {t}: {r['wall_s']:.3f} s, "
-                f"{r['peak_rss_mib']:.0f} MiB")  # fmt: skip
+                f"{r['peak_rss_mib']:.0f} MiB, other processes {r['foreign_cpu_s']:.1f} CPU-s")  # fmt: skip
             runs[t].append(r)
 
     result = {}

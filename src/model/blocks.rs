@@ -81,34 +81,16 @@ impl BlockType {
         }
     }
 
-    /// Dequantizes one block into 32 f32 values. Plain multiply and add (no fused multiply-add),
-    /// so every value is bit-identical to a full-file dequantization.
+    /// Dequantizes one block into 32 f32 values: `d * q (+ m)`, a plain multiply and add (no
+    /// fused multiply-add), so every value is bit-identical to a full-file dequantization.
     #[inline(always)]
     fn dequantize(self, block: &[u8], out: &mut [f32; BLOCK]) {
-        // to_f32_const: a plain bit conversion the compiler inlines (exact, like every f16->f32).
-        let d = f16::from_le_bytes([block[0], block[1]]).to_f32_const();
-        match self {
-            BlockType::Q4_0 => {
-                let qs = &block[2..18];
-                for j in 0..16 {
-                    out[j] = ((qs[j] & 0x0F) as i32 - 8) as f32 * d;
-                    out[j + 16] = ((qs[j] >> 4) as i32 - 8) as f32 * d;
-                }
-            }
-            BlockType::Q4_1 => {
-                let m = f16::from_le_bytes([block[2], block[3]]).to_f32_const();
-                let qs = &block[4..20];
-                for j in 0..16 {
-                    out[j] = (qs[j] & 0x0F) as f32 * d + m;
-                    out[j + 16] = (qs[j] >> 4) as f32 * d + m;
-                }
-            }
-            BlockType::Q8_0 => {
-                let qs = &block[2..34];
-                for j in 0..BLOCK {
-                    out[j] = qs[j] as i8 as f32 * d;
-                }
-            }
+        let (d, offset) = self.integers(block, out);
+        for w in out.iter_mut() {
+            *w = match offset {
+                Some(m) => *w * d + m,
+                None => *w * d,
+            };
         }
     }
 }
