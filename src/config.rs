@@ -270,7 +270,6 @@ impl Config {
                 "llama.rope.dimension_count = {rope_dims} differs from head_dim {head_dim}: partial rotary embeddings are not supported"
             );
         }
-        let eos = gguf.get_usize("tokenizer.ggml.eos_token_id")?;
         let stored = gguf.tensors.get("blk.0.attn_q.weight").map(|t| format!("{:?}", t.dtype));
         let config = Config {
             architecture: arch,
@@ -290,8 +289,8 @@ impl Config {
             rope_theta: gguf.get_f64("llama.rope.freq_base")?.unwrap_or(10000.0),
             // llama.cpp omits output.weight when lm_head is the embedding matrix.
             tie_word_embeddings: !gguf.tensors.contains_key("output.weight"),
-            bos_token_id: gguf.get_usize("tokenizer.ggml.bos_token_id")?.map(|v| v as u32),
-            eos_token_ids: eos.map(|v| vec![v as u32]).unwrap_or_default(),
+            bos_token_id: token_id(gguf, "tokenizer.ggml.bos_token_id")?,
+            eos_token_ids: token_id(gguf, "tokenizer.ggml.eos_token_id")?.into_iter().collect(),
             stored_dtype: stored,
         };
         config.validate()?;
@@ -304,6 +303,13 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// A token id from GGUF metadata; ids must fit in u32.
+pub fn token_id(gguf: &crate::gguf::GgufFile, key: &str) -> Result<Option<u32>> {
+    gguf.get_usize(key)?
+        .map(|v| u32::try_from(v).with_context(|| format!("{key} = {v} is not a valid token id")))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -137,7 +137,7 @@ impl Tokenizer {
             .collect();
         inner.add_special_tokens(&specials);
 
-        let bos = gguf.get_usize("tokenizer.ggml.bos_token_id")?.map(|id| id as u32);
+        let bos = crate::config::token_id(gguf, "tokenizer.ggml.bos_token_id")?;
         let add_bos =
             gguf.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
         Ok(Self::wrap(inner, true, bos.filter(|_| add_bos)))
