@@ -9,9 +9,11 @@ corpus/gguf/seed-small-{f32,q8_0,q4}.gguf   complete 1-layer Llama GGUFs (vocab 
 corpus/safetensors/seed-small-config+model  a complete 1-layer config.json + separator + safetensors
                                             (F32, F16 and BF16 tensors).
 corpus/tokenizer/seed-case-NN.txt           the texts of fixtures/smollm2/tokenizer_corpus.json.
-The fixture files themselves are copied by the commands in docs/fuzzing.md.
+corpus/gguf/seed-tiny-llama-{f32,q8_0}.gguf and corpus/safetensors/seed-tiny-llama.safetensors
+                                            copies of the tiny fixtures.
 """
 import json
+import shutil
 import struct
 from pathlib import Path
 
@@ -195,6 +197,9 @@ def main():
         small_gguf({"*": "Q4_0", "ffn_gate": "Q4_1", "ffn_up": "Q4_1", "ffn_down": "Q4_1"})
     )
     (st_dir / "seed-small-config+model").write_bytes(small_safetensors())
+    for kind in ("f32", "q8_0"):
+        shutil.copyfile(FIXTURES / f"tiny-llama-{kind}.gguf", gguf_dir / f"seed-tiny-llama-{kind}.gguf")
+    shutil.copyfile(FIXTURES / "tiny-llama" / "model.safetensors", st_dir / "seed-tiny-llama.safetensors")
     cases = json.loads((FIXTURES / "smollm2" / "tokenizer_corpus.json").read_text())["cases"]
     for i, case in enumerate(cases):
         (tok_dir / f"seed-case-{i:02}.txt").write_bytes(case["text"].encode())
