@@ -359,4 +359,22 @@ mod tests {
         let err = Config::from_json_str(&gpt2).unwrap_err();
         assert!(format!("{err:#}").contains("unsupported architecture"), "{err:#}");
     }
+
+    #[test]
+    fn gguf_token_ids_must_fit_in_u32() {
+        // A GGUF v3 header with one metadata entry: tokenizer.ggml.bos_token_id = 2^40 (u64).
+        let key = b"tokenizer.ggml.bos_token_id";
+        let mut b = b"GGUF".to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(&0u64.to_le_bytes());
+        b.extend_from_slice(&1u64.to_le_bytes());
+        b.extend_from_slice(&(key.len() as u64).to_le_bytes());
+        b.extend_from_slice(key);
+        b.extend_from_slice(&10u32.to_le_bytes());
+        b.extend_from_slice(&(1u64 << 40).to_le_bytes());
+        let g = crate::gguf::GgufFile::from_bytes("t.gguf", b).unwrap();
+        let err = token_id(&g, "tokenizer.ggml.bos_token_id").unwrap_err();
+        assert!(err.to_string().contains("is not a valid token id"), "{err}");
+        assert_eq!(token_id(&g, "tokenizer.ggml.eos_token_id").unwrap(), None);
+    }
 }
