@@ -202,49 +202,111 @@ impl BlockMatrix {
         if k != self.cols {
             bail!("input has {k} features, the matrix {}", self.cols);
         }
-        if m > GEMM_ROWS {
-            let w = self.dequantize(x.device())?; // (rows, cols)
-            return Ok(x.matmul(&w.t()?)?);
-        }
-        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let n = self.rows;
-        // Each task computes whole output rows of W, for all m inputs: out_t is (n, m).
-        let mut out_t = vec![0f32; n * m];
-        let xs = lane_sums(&x, m, k);
-        if n * k * m < SERIAL_WORK {
-            // Waking the other threads would cost more than the work.
-            dot_rows(self, &x, &xs, m, 0, &mut out_t);
+        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let out_t = if m <= GEMM_ROWS {
+            self.dot_product(&x, m)
+        } else if simd_available() {
+            self.panel_product(&x, m)
         } else {
-            let rows_per_task = (n / (4 * rayon::current_num_threads())).clamp(16, 1024);
-            out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
-                dot_rows(self, &x, &xs, m, task * rows_per_task, out);
-            });
-        }
-        let out = if m == 1 {
+            let x = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
+            let w = self.dequantize(&Device::Cpu)?; // (rows, cols)
+            return Ok(x.matmul(&w.t()?)?);
+        };
+        // out_t is (n, m_pad) with m_pad >= m: transpose it into (m, n).
+        let m_pad = out_t.len() / n;
+        let out = if m_pad == 1 {
             out_t
         } else {
             let mut out = vec![0f32; m * n];
-            for (j, row) in out_t.chunks_exact(m).enumerate() {
-                for (i, &v) in row.iter().enumerate() {
+            for (j, row) in out_t.chunks_exact(m_pad).enumerate() {
+                for (i, &v) in row.iter().take(m).enumerate() {
                     out[i * n + j] = v;
                 }
             }
             out
         };
-        Ok(Tensor::from_vec(out, (m, n), x_device())?)
+        Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
+    }
+
+    /// W[j] . x[i] for a few input rows, read straight from the blocks: out_t is (rows, m).
+    fn dot_product(&self, x: &[f32], m: usize) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
+        let mut out_t = vec![0f32; n * m];
+        let simd = simd_available();
+        let sums = if simd { simd_lane_sums(x, k) } else { lane_sums(x, m, k) };
+        let kernel = |first: usize, out: &mut [f32]| {
+            if simd {
+                #[cfg(target_arch = "x86_64")]
+                super::simd::dot_rows(self, x, &sums, m, first, out);
+            } else {
+                dot_rows(self, x, &sums, m, first, out);
+            }
+        };
+        if n * k * m < SERIAL_WORK {
+            // Waking the other threads would cost more than the work.
+            kernel(0, &mut out_t);
+        } else {
+            let rows_per_task = (n / (4 * rayon::current_num_threads())).clamp(16, 1024);
+            out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
+                kernel(task * rows_per_task, out);
+            });
+        }
+        out_t
+    }
+
+    /// W[j] . x[i] for many input rows, a dequantized panel of rows at a time (AVX-512 only):
+    /// out_t is (rows, m rounded up to the kernel's step).
+    #[cfg(target_arch = "x86_64")]
+    fn panel_product(&self, x: &[f32], m: usize) -> Vec<f32> {
+        use super::simd::{pack_inputs, panel_rows, NR};
+        let (n, k) = (self.rows, self.cols);
+        let packed = pack_inputs(x, m, k);
+        let m_pad = packed.len() / k;
+        let mut out_t = vec![0f32; n * m_pad];
+        let tasks = 4 * rayon::current_num_threads();
+        let rows_per_task = n.div_ceil(tasks).next_multiple_of(NR).max(NR);
+        out_t.par_chunks_mut(rows_per_task * m_pad).enumerate().for_each(|(task, out)| {
+            panel_rows(self, &packed, task * rows_per_task, out);
+        });
+        out_t
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    fn panel_product(&self, _x: &[f32], _m: usize) -> Vec<f32> {
+        unreachable!("the panel kernel exists only on x86-64")
     }
 }
 
-fn x_device() -> &'static Device {
-    &Device::Cpu
+/// Whether the AVX-512 kernels of `simd.rs` run on this CPU.
+fn simd_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+fn simd_lane_sums(x: &[f32], k: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::simd::block_sums(x, k)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        unreachable!("only called where simd_available() ({x:?}, {k})")
+    }
 }
 
 /// How many rows ahead the kernel asks the memory system for weights.
-const PREFETCH_ROWS: usize = 4;
+pub(super) const PREFETCH_ROWS: usize = 4;
 
 /// Asks for `len` bytes at `start` to be brought into cache (a hint; no effect past the end).
 #[inline(always)]
-fn prefetch(data: &[u8], start: usize, len: usize) {
+pub(super) fn prefetch(data: &[u8], start: usize, len: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         let end = (start + len).min(data.len());
@@ -392,18 +454,52 @@ mod tests {
         }
     }
 
+    /// Max |a - b| over two tensors of the same shape.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    // Shapes that hit every edge of the kernels: rows that do not fill a panel, more than 16
+    // blocks per row (scales converted in groups of 16), 1..=8 inputs (one kernel each) and
+    // longer inputs that do not fill the panel kernel's 32-row step.
+    const SHAPES: [(usize, usize); 3] = [(300, 96), (37, 608), (5, 32)];
+    const INPUTS: [usize; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 33, 40];
+
     #[test]
     fn fused_product_equals_dequantize_then_matmul() {
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let (q, m) = quantized(kind, 300, 96);
-            let w = q.dequantize(&Device::Cpu).unwrap();
-            for rows in [1, 3, 8, 20] {
-                let x = Tensor::randn(0f32, 1.0, (rows, 96), &Device::Cpu).unwrap();
-                let ours = m.matmul_t(&x).unwrap();
-                let reference = x.matmul(&w.t().unwrap()).unwrap();
-                let diff = (&ours - &reference).unwrap().abs().unwrap().max_all().unwrap();
-                let diff = diff.to_scalar::<f32>().unwrap();
-                assert!(diff < 1e-4, "{kind:?} with {rows} rows: {diff}");
+            for (rows, cols) in SHAPES {
+                let (q, m) = quantized(kind, rows, cols);
+                let w = q.dequantize(&Device::Cpu).unwrap();
+                for inputs in INPUTS {
+                    let x = Tensor::randn(0f32, 1.0, (inputs, cols), &Device::Cpu).unwrap();
+                    let ours = m.matmul_t(&x).unwrap();
+                    let reference = x.matmul(&w.t().unwrap()).unwrap();
+                    let diff = max_diff(&ours, &reference);
+                    assert!(diff < 1e-4, "{kind:?} {rows}x{cols}, {inputs} inputs: {diff}");
+                }
+            }
+        }
+    }
+
+    /// The portable kernel, which machines without AVX-512 run, checked on every machine.
+    #[test]
+    fn generic_kernel_equals_dequantize_then_matmul() {
+        for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols) in SHAPES {
+                let (q, m) = quantized(kind, rows, cols);
+                let w = q.dequantize(&Device::Cpu).unwrap();
+                for inputs in 1..=GEMM_ROWS {
+                    let x = Tensor::randn(0f32, 1.0, (inputs, cols), &Device::Cpu).unwrap();
+                    let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                    let sums = lane_sums(&xs, inputs, cols);
+                    let mut out_t = vec![0f32; rows * inputs];
+                    dot_rows_generic::<false>(&m, &xs, &sums, inputs, 0, &mut out_t);
+                    let ours = Tensor::from_vec(out_t, (rows, inputs), &Device::Cpu).unwrap();
+                    let reference = w.matmul(&x.t().unwrap()).unwrap();
+                    let diff = max_diff(&ours, &reference);
+                    assert!(diff < 1e-4, "{kind:?} {rows}x{cols}, {inputs} inputs: {diff}");
+                }
             }
         }
     }

@@ -85,10 +85,23 @@ impl Llama {
     pub fn forward(
         &self,
         ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        capture: Option<&mut Capture>,
+    ) -> Result<Tensor> {
+        let _t = crate::timings::span("forward");
+        // The whole pass runs on one of rayon's threads: a parallel product started from there
+        // shares its work with the other threads directly, while one started from any other
+        // thread is handed over to the pool and waited for (a wake-up and a context switch for
+        // each of the ~200 products of a token).
+        rayon::scope(|_| self.forward_in_pool(ids, cache, capture))
+    }
+
+    fn forward_in_pool(
+        &self,
+        ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         mut capture: Option<&mut Capture>,
     ) -> Result<Tensor> {
-        let _t = crate::timings::span("forward");
         let (_b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
         ensure!(t > 0, "the input has no tokens");

@@ -3,6 +3,8 @@
 pub mod blocks;
 pub mod forward;
 pub mod ops;
+#[cfg(target_arch = "x86_64")]
+pub mod simd;
 pub mod weights;
 
 pub use forward::{softmax_f64, Capture, KvCache, Llama};
