@@ -74,6 +74,11 @@ fn stages(c: &mut Criterion) {
         g.bench_function(format!("gate_proj one position ({name})"), |b| {
             b.iter(|| mlp.forward(black_box(&x)).unwrap())
         });
+        let x128 =
+            Tensor::randn(0f32, 1.0, (1, 128, m.model.cfg.hidden_size), &Device::Cpu).unwrap();
+        g.bench_function(format!("gate_proj 128 positions ({name})"), |b| {
+            b.iter(|| mlp.forward(black_box(&x128)).unwrap())
+        });
     }
     g.finish();
 }

@@ -203,8 +203,10 @@ impl BlockMatrix {
             bail!("input has {k} features, the matrix {}", self.cols);
         }
         let n = self.rows;
+        let t0 = std::time::Instant::now();
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let out_t = if m <= GEMM_ROWS {
+        let t1 = t0.elapsed();
+        let out = if m <= GEMM_ROWS {
             self.dot_product(&x, m)
         } else if simd_available() {
             self.panel_product(&x, m)
@@ -213,28 +215,26 @@ impl BlockMatrix {
             let w = self.dequantize(&Device::Cpu)?; // (rows, cols)
             return Ok(x.matmul(&w.t()?)?);
         };
-        // out_t is (n, m_pad) with m_pad >= m: transpose it into (m, n).
-        let m_pad = out_t.len() / n;
-        let out = if m_pad == 1 {
-            out_t
-        } else {
-            let mut out = vec![0f32; m * n];
-            for (j, row) in out_t.chunks_exact(m_pad).enumerate() {
-                for (i, &v) in row.iter().take(m).enumerate() {
-                    out[i * n + j] = v;
-                }
-            }
-            out
-        };
-        Ok(Tensor::from_vec(out, (m, n), &Device::Cpu)?)
+        let t2 = t0.elapsed();
+        let r = Tensor::from_vec(out, (m, n), &Device::Cpu)?;
+        if m > 8 && std::env::var_os("XX").is_some() {
+            eprintln!(
+                "XX {n} {k} {m} copy {:?} product {:?} total {:?}",
+                t1,
+                t2 - t1,
+                t0.elapsed()
+            );
+        }
+        Ok(r)
     }
 
-    /// W[j] . x[i] for a few input rows, read straight from the blocks: out_t is (rows, m).
+    /// x @ W.T for a few input rows, read straight from the blocks: (m, rows), row-major.
     fn dot_product(&self, x: &[f32], m: usize) -> Vec<f32> {
         let (n, k) = (self.rows, self.cols);
+        // Each task computes whole rows of W for all m inputs: out_t is (n, m).
         let mut out_t = vec![0f32; n * m];
         let simd = simd_available();
-        let sums = if simd { simd_lane_sums(x, k) } else { lane_sums(x, m, k) };
+        let sums = if simd { simd_block_sums(x, k) } else { lane_sums(x, m, k) };
         let kernel = |first: usize, out: &mut [f32]| {
             if simd {
                 #[cfg(target_arch = "x86_64")]
@@ -252,24 +252,35 @@ impl BlockMatrix {
                 kernel(task * rows_per_task, out);
             });
         }
-        out_t
+        if m == 1 {
+            return out_t;
+        }
+        let mut out = vec![0f32; m * n];
+        for (j, row) in out_t.chunks_exact(m).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                out[i * n + j] = v;
+            }
+        }
+        out
     }
 
-    /// W[j] . x[i] for many input rows, a dequantized panel of rows at a time (AVX-512 only):
-    /// out_t is (rows, m rounded up to the kernel's step).
+    /// x @ W.T for many input rows, a dequantized panel of rows at a time (AVX-512 only):
+    /// (m, rows), row-major. Each task fills a window of columns.
     #[cfg(target_arch = "x86_64")]
     fn panel_product(&self, x: &[f32], m: usize) -> Vec<f32> {
-        use super::simd::{pack_inputs, panel_rows, NR};
-        let (n, k) = (self.rows, self.cols);
-        let packed = pack_inputs(x, m, k);
-        let m_pad = packed.len() / k;
-        let mut out_t = vec![0f32; n * m_pad];
+        use super::simd::{column_windows, panel_rows, NR};
+        let n = self.rows;
+        let t0 = std::time::Instant::now();
+        let mut out = vec![0f32; m * n];
+        if std::env::var_os("XX").is_some() {
+            eprintln!("XX alloc {:?}", t0.elapsed());
+        }
         let tasks = 4 * rayon::current_num_threads();
-        let rows_per_task = n.div_ceil(tasks).next_multiple_of(NR).max(NR);
-        out_t.par_chunks_mut(rows_per_task * m_pad).enumerate().for_each(|(task, out)| {
-            panel_rows(self, &packed, task * rows_per_task, out);
+        let width = n.div_ceil(tasks).next_multiple_of(NR);
+        column_windows(&mut out, m, n, width).into_par_iter().for_each(|mut window| {
+            panel_rows(self, x, &mut window);
         });
-        out_t
+        out
     }
 
     #[cfg(not(target_arch = "x86_64"))]
@@ -290,7 +301,7 @@ fn simd_available() -> bool {
     }
 }
 
-fn simd_lane_sums(x: &[f32], k: usize) -> Vec<f32> {
+fn simd_block_sums(x: &[f32], k: usize) -> Vec<f32> {
     #[cfg(target_arch = "x86_64")]
     {
         super::simd::block_sums(x, k)

@@ -93,7 +93,7 @@ impl Llama {
         // shares its work with the other threads directly, while one started from any other
         // thread is handed over to the pool and waited for (a wake-up and a context switch for
         // each of the ~200 products of a token).
-        rayon::scope(|_| self.forward_in_pool(ids, cache, capture))
+        rayon::scope(|_| self.forward_in_pool(ids, cache, capture, Logits::All))
     }
 
     fn forward_in_pool(
@@ -101,6 +101,7 @@ impl Llama {
         ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         mut capture: Option<&mut Capture>,
+        logits_for: Logits,
     ) -> Result<Tensor> {
         let (_b, t) = ids.dims2()?;
         let offset = cache.as_ref().map_or(0, |c| c.len);
@@ -154,8 +155,12 @@ impl Llama {
         if let Some(cap) = capture.filter(|c| c.hidden_states) {
             cap.final_norm = Some(x.clone());
         }
-        // logits = self.lm_head(hidden_states)
-        let logits = w.lm_head.forward(&x)?; // (b, t, v)
+        // logits = self.lm_head(hidden_states[:, slice_indices, :])
+        let x = match logits_for {
+            Logits::All => x,
+            Logits::Last => x.narrow(1, t - 1, 1)?, // (b, 1, c)
+        };
+        let logits = w.lm_head.forward(&x)?; // (b, t or 1, v)
         Ok(logits.to_dtype(DType::F32)?)
     }
 
@@ -248,16 +253,27 @@ impl Llama {
     }
 
     /// Logits of the next token after the cached ones plus `ids`, (v), extending the cache.
+    /// Only the last position goes through lm_head (transformers' generate does the same with
+    /// `logits_to_keep=1`); the other positions' logits are never looked at.
     pub fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
+        let _t = crate::timings::span("forward");
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // (1, t)
-        let logits = self.forward(&input, Some(cache), None)?; // (1, t, v)
-        Ok(logits.squeeze(0)?.get(ids.len() - 1)?) // (v)
+        let logits =
+            rayon::scope(|_| self.forward_in_pool(&input, Some(cache), None, Logits::Last))?;
+        Ok(logits.squeeze(0)?.squeeze(0)?) // (v)
     }
 
     /// The embedding row of each id, (n, c), in f32.
     pub fn embeddings(&self, ids: &[u32]) -> Result<Tensor> {
         self.weights.embed_tokens.rows(ids)
     }
+}
+
+/// Which positions go through lm_head.
+#[derive(Debug, Clone, Copy)]
+enum Logits {
+    All,
+    Last,
 }
 
 /// Softmax of a logit row in f64 (exact enough to print probabilities to many digits).

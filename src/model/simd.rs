@@ -7,17 +7,18 @@
 //!   into 32 floats in two registers once and multiplied with every input row, as
 //!   `d * (q . x) + m * sum(x)`. Memory traffic is the quantized bytes, about 0.6 bytes a weight.
 //! * [`panel_rows`], for many input rows (long prompts): a panel of [`NR`] weight rows is
-//!   dequantized bit for bit into a small buffer, then multiplied with [`MR`] input rows at a time
-//!   by a register-blocked kernel (NR x MR results live in registers, one fused multiply-add per
-//!   weight and input). The dequantization is paid once per panel, not once per input row.
+//!   dequantized bit for bit into a small buffer, then multiplied with 6 input rows at a time by
+//!   a register-blocked kernel (NR x 6 dot products accumulate in 16 lanes each, one fused
+//!   multiply-add per weight and input, summed across lanes at the end). The dequantization is
+//!   paid once per panel, not once per input row.
 
 use super::blocks::{BlockMatrix, BlockType, BLOCK};
 use std::arch::x86_64::*;
 
 /// Weight rows per panel of [`panel_rows`].
-pub const NR: usize = 6;
-/// Input rows per step of [`panel_rows`]: two 16-lane registers.
-pub const MR: usize = 32;
+pub const NR: usize = 4;
+/// Input rows per tile of [`panel_rows`]: NR x MR = 24 accumulators in registers.
+const MR: usize = 6;
 
 /// Whether this CPU runs the kernels of this module.
 pub fn available() -> bool {
@@ -41,15 +42,27 @@ fn kind_id(kind: BlockType) -> u8 {
 }
 
 /// Converts the f16 at byte `at` of each of the `blocks` blocks of `row` into `out`, 16 at a time
-/// (converting one f16 per block on its own costs more than the block's arithmetic).
+/// with one gather (converting one f16 per block on its own costs more than the block's
+/// arithmetic).
 #[inline(always)]
-unsafe fn block_halves(row: *const u8, blocks: usize, bb: usize, at: usize, buf: &mut [u16], out: &mut [f32]) {
-    assert!(buf.len() >= blocks.next_multiple_of(16) && out.len() == buf.len());
-    for (b, h) in buf.iter_mut().enumerate().take(blocks) {
-        *h = (row.add(b * bb + at) as *const u16).read_unaligned();
-    }
+unsafe fn block_halves(row: *const u8, blocks: usize, bb: usize, at: usize, out: &mut [f32]) {
+    assert!(out.len() >= blocks.next_multiple_of(16));
+    let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    let stride = _mm512_set1_epi32(bb as i32);
     for g in (0..blocks).step_by(16) {
-        let halves = _mm256_loadu_si256(buf.as_ptr().add(g) as *const __m256i);
+        // Lanes past the last block read nothing (masked off) and give 0.
+        let mask: __mmask16 = if blocks - g >= 16 { 0xFFFF } else { (1u16 << (blocks - g)) - 1 };
+        let offsets = _mm512_mullo_epi32(lanes, stride);
+        let base = row.add(g * bb + at);
+        // 32-bit loads; the f16 is the low half of each (little-endian). A block is at least 18
+        // bytes long and `at` <= 2, so a 4-byte load stays inside its block.
+        let words = _mm512_mask_i32gather_epi32::<1>(
+            _mm512_setzero_si512(),
+            mask,
+            offsets,
+            base as *const i32,
+        );
+        let halves = _mm512_cvtepi32_epi16(words);
         _mm512_storeu_ps(out.as_mut_ptr().add(g), _mm512_cvtph_ps(halves));
     }
 }
@@ -65,7 +78,10 @@ unsafe fn integers<const K: u8>(block: *const u8) -> (__m512, __m512) {
     if K == Q8_0 {
         let lo = _mm_loadu_si128(block.add(2) as *const __m128i);
         let hi = _mm_loadu_si128(block.add(18) as *const __m128i);
-        return (_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)));
+        return (
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(lo)),
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(hi)),
+        );
     }
     // Q4_x: byte j holds value j in its low nibble and value j + 16 in its high nibble.
     let qs = _mm_loadu_si128(block.add(if K == Q4_1 { 4 } else { 2 }) as *const __m128i);
@@ -82,7 +98,6 @@ unsafe fn integers<const K: u8>(block: *const u8) -> (__m512, __m512) {
 
 /// Scratch space for one row's scales and offsets as f32.
 struct RowScales {
-    halves: Vec<u16>,
     d: Vec<f32>,
     m: Vec<f32>,
 }
@@ -90,15 +105,15 @@ struct RowScales {
 impl RowScales {
     fn new(blocks: usize) -> Self {
         let len = blocks.next_multiple_of(16);
-        RowScales { halves: vec![0; len], d: vec![0.0; len], m: vec![0.0; len] }
+        RowScales { d: vec![0.0; len], m: vec![0.0; len] }
     }
 
     /// Reads row `row`'s d (and, for Q4_1, m) of every block.
     #[inline(always)]
     unsafe fn read<const K: u8>(&mut self, row: *const u8, blocks: usize, bb: usize) {
-        block_halves(row, blocks, bb, D_AT, &mut self.halves, &mut self.d);
+        block_halves(row, blocks, bb, D_AT, &mut self.d);
         if K == Q4_1 {
-            block_halves(row, blocks, bb, M_AT, &mut self.halves, &mut self.m);
+            block_halves(row, blocks, bb, M_AT, &mut self.m);
         }
     }
 }
@@ -106,7 +121,12 @@ impl RowScales {
 /// Dequantizes row `row` of `w` into `out` (cols values) exactly as the scalar code does:
 /// a multiply, then an add (never fused), so the values are bit-identical.
 #[inline(always)]
-unsafe fn dequantize_row<const K: u8>(w: &BlockMatrix, row: usize, scales: &mut RowScales, out: &mut [f32]) {
+unsafe fn dequantize_row<const K: u8>(
+    w: &BlockMatrix,
+    row: usize,
+    scales: &mut RowScales,
+    out: &mut [f32],
+) {
     let bb = w.kind.block_bytes();
     let blocks = w.cols / BLOCK;
     let data = w.bytes.as_slice();
@@ -214,73 +234,126 @@ unsafe fn dot_rows_k<const K: u8, const M: usize>(
     }
 }
 
-/// The inputs packed for [`panel_rows`]: x (m rows of k) in groups of MR rows, each group stored
-/// column by column (`packed[(g * k + kk) * MR + i]` = x[g * MR + i][kk]), zeros past row m.
-pub fn pack_inputs(x: &[f32], m: usize, k: usize) -> Vec<f32> {
-    let groups = m.div_ceil(MR);
-    let mut packed = vec![0f32; groups * k * MR];
-    for (i, row) in x.chunks_exact(k).take(m).enumerate() {
-        let (g, lane) = (i / MR, i % MR);
-        for (kk, &v) in row.iter().enumerate() {
-            packed[(g * k + kk) * MR + lane] = v;
-        }
-    }
-    packed
+/// A window of columns `first..first + len` of a row-major (m, n) output matrix, which one task
+/// fills while other tasks fill other columns. Windows made by [`column_windows`] never overlap.
+pub struct Columns<'a> {
+    ptr: *mut f32,
+    m: usize,
+    n: usize,
+    pub first: usize,
+    pub len: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-/// `out_t[(j - first) * m_pad + i] = W[j] . x[i]` for the rows j that out_t covers and all
-/// m_pad = packed.len() / cols input rows (see [`pack_inputs`]; rows past m give zeros).
-pub fn panel_rows(w: &BlockMatrix, packed: &[f32], first: usize, out_t: &mut [f32]) {
+// SAFETY: a window only writes its own columns, which no other window covers.
+unsafe impl Send for Columns<'_> {}
+
+impl Columns<'_> {
+    /// out[i][first + c] = v
+    #[inline(always)]
+    fn set(&mut self, i: usize, c: usize, v: f32) {
+        assert!(i < self.m && c < self.len);
+        // SAFETY: in bounds of the (m, n) matrix (checked above and in column_windows), and in
+        // this window's columns, which no other window writes.
+        unsafe { *self.ptr.add(i * self.n + self.first + c) = v };
+    }
+}
+
+/// Splits a row-major (m, n) matrix into windows of `width` columns (the last one narrower).
+pub fn column_windows(out: &mut [f32], m: usize, n: usize, width: usize) -> Vec<Columns<'_>> {
+    assert!(out.len() == m * n && width > 0);
+    let ptr = out.as_mut_ptr();
+    (0..n)
+        .step_by(width)
+        .map(|first| Columns {
+            ptr,
+            m,
+            n,
+            first,
+            len: width.min(n - first),
+            _out: std::marker::PhantomData,
+        })
+        .collect()
+}
+
+/// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m of x
+/// (m * cols values, row-major).
+pub fn panel_rows(w: &BlockMatrix, x: &[f32], out: &mut Columns) {
     assert!(available(), "panel_rows needs AVX-512");
     // SAFETY: the CPU has the features the kernel is compiled for (checked above).
     unsafe {
         match kind_id(w.kind) {
-            Q4_0 => panel_rows_k::<Q4_0>(w, packed, first, out_t),
-            Q4_1 => panel_rows_k::<Q4_1>(w, packed, first, out_t),
-            _ => panel_rows_k::<Q8_0>(w, packed, first, out_t),
+            Q4_0 => panel_rows_k::<Q4_0>(w, x, out),
+            Q4_1 => panel_rows_k::<Q4_1>(w, x, out),
+            _ => panel_rows_k::<Q8_0>(w, x, out),
         }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
-unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &[f32], first: usize, out_t: &mut [f32]) {
+unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, x: &[f32], out: &mut Columns) {
     let k = w.cols;
-    let m_pad = packed.len() / k;
-    assert!(m_pad.is_multiple_of(MR) && packed.len() == m_pad * k);
-    let rows = out_t.len() / m_pad;
-    assert!(out_t.len() == rows * m_pad && first + rows <= w.rows);
-    let mut panel = vec![0f32; NR * k];
+    assert!(x.len() == out.m * k && out.first + out.len <= w.rows && out.n == w.rows);
+    let data = w.bytes.as_slice();
+    let rb = k / BLOCK * w.kind.block_bytes();
+    let mut panel = vec![0f32; NR * k]; // NR dequantized rows, row-major
     let mut scales = RowScales::new(k / BLOCK);
-    for p0 in (0..rows).step_by(NR) {
-        let nr = NR.min(rows - p0);
-        for r in 0..NR {
-            let dst = &mut panel[r * k..(r + 1) * k];
+    for p0 in (0..out.len).step_by(NR) {
+        let nr = NR.min(out.len - p0);
+        let j0 = out.first + p0;
+        // The next panel's bytes are fetched while this one is multiplied.
+        super::blocks::prefetch(data, (j0 + NR) * rb, NR * rb);
+        for (r, row) in panel.chunks_exact_mut(k).enumerate() {
             if r < nr {
-                dequantize_row::<K>(w, first + p0 + r, &mut scales, dst);
+                dequantize_row::<K>(w, j0 + r, &mut scales, row);
             } else {
-                dst.fill(0.0);
+                row.fill(0.0);
             }
         }
-        let wp = panel.as_ptr();
-        for g in 0..m_pad / MR {
-            let xp = packed.as_ptr().add(g * k * MR);
-            let mut acc = [[_mm512_setzero_ps(); 2]; NR];
-            for kk in 0..k {
-                let x0 = _mm512_loadu_ps(xp.add(kk * MR));
-                let x1 = _mm512_loadu_ps(xp.add(kk * MR + 16));
-                for (r, a) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_ps(*wp.add(r * k + kk));
-                    a[0] = _mm512_fmadd_ps(wv, x0, a[0]);
-                    a[1] = _mm512_fmadd_ps(wv, x1, a[1]);
-                }
-            }
-            for (r, a) in acc.iter().enumerate().take(nr) {
-                let dst = out_t.as_mut_ptr().add((p0 + r) * m_pad + g * MR);
-                _mm512_storeu_ps(dst, a[0]);
-                _mm512_storeu_ps(dst.add(16), a[1]);
+        let mut i0 = 0;
+        while i0 < out.m {
+            let xp = x.as_ptr().add(i0 * k);
+            let step = match out.m - i0 {
+                1 => tile::<1>(&panel, xp, k, out, (i0, p0, nr)),
+                2 => tile::<2>(&panel, xp, k, out, (i0, p0, nr)),
+                3 => tile::<3>(&panel, xp, k, out, (i0, p0, nr)),
+                4 => tile::<4>(&panel, xp, k, out, (i0, p0, nr)),
+                5 => tile::<5>(&panel, xp, k, out, (i0, p0, nr)),
+                _ => tile::<MR>(&panel, xp, k, out, (i0, p0, nr)),
+            };
+            i0 += step;
+        }
+    }
+}
+
+/// The dot products of the panel's rows with C input rows starting at `x` (row-major, k
+/// columns), written to out[i0 + c][p0 + r] for the panel's first `nr` rows. Returns C.
+#[inline(always)]
+unsafe fn tile<const C: usize>(
+    panel: &[f32],
+    x: *const f32,
+    k: usize,
+    out: &mut Columns,
+    (i0, p0, nr): (usize, usize, usize),
+) -> usize {
+    debug_assert!(panel.len() == NR * k && k.is_multiple_of(16));
+    let wp = panel.as_ptr();
+    let mut acc = [[_mm512_setzero_ps(); NR]; C];
+    for kk in (0..k).step_by(16) {
+        let wv: [__m512; NR] = std::array::from_fn(|r| _mm512_loadu_ps(wp.add(r * k + kk)));
+        for (c, a) in acc.iter_mut().enumerate() {
+            let xv = _mm512_loadu_ps(x.add(c * k + kk));
+            for r in 0..NR {
+                a[r] = _mm512_fmadd_ps(wv[r], xv, a[r]);
             }
         }
     }
+    for (c, a) in acc.iter().enumerate() {
+        for (r, v) in a.iter().enumerate().take(nr) {
+            out.set(i0 + c, p0 + r, _mm512_reduce_add_ps(*v));
+        }
+    }
+    C
 }
 
 #[cfg(test)]
@@ -297,7 +370,8 @@ mod tests {
             eprintln!("no AVX-512 on this CPU: the kernels of simd.rs are not used here");
             return;
         }
-        for (kind, id) in [(GgmlDType::Q4_0, Q4_0), (GgmlDType::Q4_1, Q4_1), (GgmlDType::Q8_0, Q8_0)]
+        for (kind, id) in
+            [(GgmlDType::Q4_0, Q4_0), (GgmlDType::Q4_1, Q4_1), (GgmlDType::Q8_0, Q8_0)]
         {
             let (rows, cols) = (7, 608);
             let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
