@@ -186,6 +186,6 @@ fn load_model(g: &GlobalArgs) -> Result<model::LoadedModel> {
 /// Says, on stderr, that the numbers of a forward pass come from the --quantized path.
 fn note_quantized(g: &GlobalArgs) {
     if g.quantized {
-        eprintln!("note: --quantized: candle's quantized matmul (activations rounded to 8 bits); the numbers differ from the exact path");
+        eprintln!("note: --quantized: ggml's quantized matmul (activations rounded to 8 bits); the numbers differ from the exact path");
     }
 }

@@ -230,19 +230,24 @@ impl BlockMatrix {
 
     /// x @ W.T for a few input rows, read straight from the blocks: (m, rows), row-major.
     fn dot_product(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let (n, k) = (self.rows, self.cols);
-        // Each task computes whole rows of W for all m inputs: out_t is (n, m).
-        let mut out_t = vec![0f32; n * m];
+        let k = self.cols;
         let simd = simd_available();
         let sums = if simd { simd_block_sums(x, k) } else { lane_sums(x, m, k) };
-        let kernel = |first: usize, out: &mut [f32]| {
+        self.by_rows(m, |first, out| {
             if simd {
                 #[cfg(target_arch = "x86_64")]
                 super::simd::dot_rows(self, x, &sums, m, first, out);
             } else {
                 dot_rows(self, x, &sums, m, first, out);
             }
-        };
+        })
+    }
+
+    /// Runs `kernel(first, out_t)` over the matrix's rows, in tasks of whole rows, where out_t
+    /// is (rows of the task, m), and returns the results as (m, rows), row-major.
+    fn by_rows(&self, m: usize, kernel: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+        let (n, k) = (self.rows, self.cols);
+        let mut out_t = vec![0f32; n * m];
         if n * k * m < SERIAL_WORK {
             // Waking the other threads would cost more than the work.
             kernel(0, &mut out_t);
@@ -262,6 +267,20 @@ impl BlockMatrix {
             }
         }
         out
+    }
+
+    /// y = x @ W.T in ggml's quantized arithmetic (activations rounded to 8 bits per block; see
+    /// `int8.rs`), for `--quantized`. x: (m, cols) f32 -> (m, rows).
+    #[cfg(target_arch = "x86_64")]
+    pub fn matmul_t_int8(&self, x: &Tensor) -> Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.cols {
+            bail!("input has {k} features, the matrix {}", self.cols);
+        }
+        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let q = super::int8::Q8Rows::quantize(&x, m, k);
+        let out = self.by_rows(m, |first, out| super::int8::dot_rows(self, &q, first, out));
+        Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
     }
 
     /// x @ W.T for many input rows, a dequantized panel of rows at a time (AVX-512 only):

@@ -2,6 +2,8 @@
 
 pub mod blocks;
 pub mod forward;
+#[cfg(target_arch = "x86_64")]
+pub mod int8;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;

@@ -29,9 +29,9 @@ pub fn available() -> bool {
 }
 
 // The block types as const generic parameters, so that each kernel is compiled once per type.
-const Q4_0: u8 = 0;
-const Q4_1: u8 = 1;
-const Q8_0: u8 = 2;
+pub(super) const Q4_0: u8 = 0;
+pub(super) const Q4_1: u8 = 1;
+pub(super) const Q8_0: u8 = 2;
 
 fn kind_id(kind: BlockType) -> u8 {
     match kind {
@@ -97,20 +97,20 @@ unsafe fn integers<const K: u8>(block: *const u8) -> (__m512, __m512) {
 }
 
 /// Scratch space for one row's scales and offsets as f32.
-struct RowScales {
-    d: Vec<f32>,
-    m: Vec<f32>,
+pub(super) struct RowScales {
+    pub d: Vec<f32>,
+    pub m: Vec<f32>,
 }
 
 impl RowScales {
-    fn new(blocks: usize) -> Self {
+    pub fn new(blocks: usize) -> Self {
         let len = blocks.next_multiple_of(16);
         RowScales { d: vec![0.0; len], m: vec![0.0; len] }
     }
 
     /// Reads row `row`'s d (and, for Q4_1, m) of every block.
     #[inline(always)]
-    unsafe fn read<const K: u8>(&mut self, row: *const u8, blocks: usize, bb: usize) {
+    pub unsafe fn read<const K: u8>(&mut self, row: *const u8, blocks: usize, bb: usize) {
         block_halves(row, blocks, bb, D_AT, &mut self.d);
         if K == Q4_1 {
             block_halves(row, blocks, bb, M_AT, &mut self.m);

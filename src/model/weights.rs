@@ -24,6 +24,9 @@ pub enum Matrix {
     Blocks(Arc<BlockMatrix>),
     /// candle's quantized matmul, which also quantizes the activations (`--quantized`).
     Quantized(Arc<QMatMul>, (usize, usize)),
+    /// GGUF blocks in the same quantized arithmetic as candle's matmul, with lmscope's
+    /// AVX512-VNNI kernel (`--quantized` for Q4_0, Q4_1 and Q8_0).
+    Int8Blocks(Arc<BlockMatrix>),
 }
 
 impl Matrix {
@@ -37,7 +40,7 @@ impl Matrix {
     pub fn dims(&self) -> (usize, usize) {
         match self {
             Matrix::Dense(t) => (t.dims()[0], t.dims()[1]),
-            Matrix::Blocks(b) => (b.rows, b.cols),
+            Matrix::Blocks(b) | Matrix::Int8Blocks(b) => (b.rows, b.cols),
             Matrix::Quantized(_, dims) => *dims,
         }
     }
@@ -54,6 +57,16 @@ impl Matrix {
                 y.reshape((b, t, w.rows))
             }
             Matrix::Quantized(w, _) => candle_core::Module::forward(w.as_ref(), x),
+            #[cfg(target_arch = "x86_64")]
+            Matrix::Int8Blocks(w) => {
+                let (b, t, c) = x.dims3()?;
+                let y = w
+                    .matmul_t_int8(&x.reshape((b * t, c))?)
+                    .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?; // (b*t, out)
+                y.reshape((b, t, w.rows))
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Matrix::Int8Blocks(_) => unreachable!("only made where int8::available()"),
         }
     }
 
@@ -69,7 +82,9 @@ impl Matrix {
                 Ok(t.embedding(&ids)?.to_dtype(DType::F32)?)
             }
             Matrix::Blocks(b) => b.rows(ids, &Device::Cpu),
-            Matrix::Quantized(..) => bail!("a quantized matrix is not used for embeddings"),
+            Matrix::Quantized(..) | Matrix::Int8Blocks(_) => {
+                bail!("a quantized matrix is not used for embeddings")
+            }
         }
     }
 
@@ -320,27 +335,36 @@ impl TensorSource for GgufSource<'_> {
         let dense = |dtype: DType| -> Result<Option<Matrix>> {
             self.tensor(hf_name)?.map(|t| Matrix::dense(t.to_dtype(dtype)?)).transpose()
         };
-        match form {
-            MatrixForm::Exact(DType::F32) => {
-                let Some(kind) = BlockType::from_ggml(info.dtype) else {
-                    return dense(DType::F32);
-                };
-                let [rows, cols] = info.dims[..] else {
-                    bail!("tensor {gguf_name} has {} dimensions, not 2", info.dims.len());
-                };
-                let bytes = BlockBytes::Mapped {
-                    map: self.gguf.map().clone(),
-                    start: info.offset,
-                    len: info.size,
-                };
-                let mut m = BlockMatrix::new(kind, rows, cols, bytes)
-                    .with_context(|| format!("tensor {gguf_name}"))?;
-                if let Some(heads) = permute_heads {
-                    m = m.with_row_order(&unpermuted_row_order(rows, heads)?);
-                }
-                Ok(Some(Matrix::Blocks(Arc::new(m))))
+        // The tensor's blocks, memory-mapped (Q/K rows put back in HF order), where lmscope has
+        // kernels for its type.
+        let blocks = || -> Result<Option<BlockMatrix>> {
+            let Some(kind) = BlockType::from_ggml(info.dtype) else {
+                return Ok(None);
+            };
+            let [rows, cols] = info.dims[..] else {
+                bail!("tensor {gguf_name} has {} dimensions, not 2", info.dims.len());
+            };
+            let bytes = BlockBytes::Mapped {
+                map: self.gguf.map().clone(),
+                start: info.offset,
+                len: info.size,
+            };
+            let mut m = BlockMatrix::new(kind, rows, cols, bytes)
+                .with_context(|| format!("tensor {gguf_name}"))?;
+            if let Some(heads) = permute_heads {
+                m = m.with_row_order(&unpermuted_row_order(rows, heads)?);
             }
+            Ok(Some(m))
+        };
+        match form {
+            MatrixForm::Exact(DType::F32) => match blocks()? {
+                Some(m) => Ok(Some(Matrix::Blocks(Arc::new(m)))),
+                None => dense(DType::F32),
+            },
             MatrixForm::Exact(dtype) => dense(dtype),
+            MatrixForm::Quantized if int8_available() && blocks()?.is_some() => {
+                Ok(blocks()?.map(|m| Matrix::Int8Blocks(Arc::new(m))))
+            }
             MatrixForm::Quantized => {
                 let mut q = self.gguf.qtensor(&gguf_name, &self.device)?;
                 let dims = (info.dims[0], *info.dims.get(1).unwrap_or(&1));
@@ -365,6 +389,18 @@ impl TensorSource for GgufSource<'_> {
                 Ok(Some(Matrix::Quantized(Arc::new(QMatMul::from_qtensor(q)?), dims)))
             }
         }
+    }
+}
+
+/// Whether `--quantized` can use lmscope's 8-bit kernel on this CPU.
+fn int8_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::int8::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
     }
 }
 

@@ -72,6 +72,10 @@ fn describe_matrices(m: &LoadedModel) -> String {
                 quantized = true;
                 "candle quantized".to_string()
             }
+            Matrix::Int8Blocks(b) => {
+                quantized = true;
+                format!("{:?} blocks x 8-bit activations", b.kind)
+            }
         };
         if !forms.contains(&form) {
             forms.push(form);
