@@ -248,9 +248,11 @@ def child_transformers_inproc(args: argparse.Namespace) -> None:
     short = tok(args.prompt, return_tensors="pt").input_ids
     long = torch.tensor([long_ids(tok(PARAGRAPH, add_special_tokens=False).input_ids)])
 
-    def forward(ids):
+    def forward(ids, keep=0):
+        # keep=0: logits at every position (a plain forward); keep=1: only the last position's,
+        # as generate() does for its prefill.
         with torch.inference_mode():
-            model(ids, use_cache=False)
+            model(ids, use_cache=False, logits_to_keep=keep)
 
     result = {
         "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
@@ -259,6 +261,7 @@ def child_transformers_inproc(args: argparse.Namespace) -> None:
         "long_ids": long[0].tolist(),
         "forward_short_s": summary(timed_reps(lambda: forward(short), args.reps)),
         "forward_long_s": summary(timed_reps(lambda: forward(long), args.reps)),
+        "prefill_long_s": summary(timed_reps(lambda: forward(long, keep=1), args.reps)),
     }
 
     class StepClock(BaseStreamer):
@@ -302,6 +305,11 @@ def child_transformers_inproc(args: argparse.Namespace) -> None:
 
     for name, dtype in (("f32", torch.float32), ("bf16", torch.bfloat16)):
         model.to(dtype)
+        if name == "bf16":
+            result["forward_long_bf16_s"] = summary(timed_reps(lambda: forward(long), args.reps))
+            result["prefill_long_bf16_s"] = summary(
+                timed_reps(lambda: forward(long, keep=1), args.reps)
+            )
         decode_once()  # warm-up
         runs = [decode_once() for _ in range(args.decode_reps)]
         result[f"decode_{name}"] = {
@@ -535,6 +543,53 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
     return result
 
 
+def lmscope_in_process(args: argparse.Namespace) -> dict:
+    """lmscope's steady-state figures, from the `forward` span of `--timings` (the model is
+    loaded before it starts, so it times what the in-process figures of the peers time):
+
+    * forward of the prompt, and prefill of the LONG_TOKENS-token paragraph: `generate
+      --max-new-tokens 1` runs one forward pass over the input and projects only the last
+      position through lm_head (like transformers' generate and llama.cpp's eval);
+    * decode: `generate --max-new-tokens NEW_TOKENS --ignore-eos` minus the prefill run, over
+      its NEW_TOKENS - 1 single-token steps;
+    for the exact path and for `--quantized`."""
+    exe = args.lmscope
+    tok = subprocess.run([exe, "--model", args.model, "--json", "tokenize", PARAGRAPH],
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    tokens = json.loads(tok.stdout)["tokens"]
+    if len(tokens) < LONG_TOKENS:
+        sys.exit(f"error: the paragraph has only {len(tokens)} tokens for lmscope")
+    long_text = PARAGRAPH[: tokens[LONG_TOKENS - 1]["end"]]
+    check_tok = subprocess.run([exe, "--model", args.model, "--json", "tokenize", long_text],
+                               capture_output=True, text=True, check=True)  # fmt: skip
+    long_ids_lm = json.loads(check_tok.stdout)["ids"]
+    if len(long_ids_lm) != LONG_TOKENS:
+        sys.exit(f"error: lmscope's {LONG_TOKENS}-token text re-tokenizes to {len(long_ids_lm)}")
+
+    def forward_s(extra: list[str], text: str, new_tokens: int) -> float:
+        cmd = [exe, "--model", args.model, "--threads", str(args.threads), "--timings", *extra,
+               "generate", "--max-new-tokens", str(new_tokens), "--ignore-eos", text]  # fmt: skip
+        settle(args)
+        r = check(run_child(cmd, args.timeout), "lmscope in process")
+        m = re.search(r"forward ([0-9.]+) ms", r["stderr"])
+        if not m:
+            sys.exit(f"error: no forward timing in lmscope's stderr: {r['stderr'][-500:]}")
+        return float(m.group(1)) / 1000
+
+    log(f"in process: lmscope (forward x{args.reps}, decode x{args.decode_reps}, per path)")
+    result: dict = {"long_ids": long_ids_lm}
+    for name, extra in (("exact", []), ("quantized", ["--quantized"])):
+        forward_s(extra, args.prompt, 1)  # warm-up
+        short = [forward_s(extra, args.prompt, 1) for _ in range(args.reps)]
+        prefill = [forward_s(extra, long_text, 1) for _ in range(args.reps)]
+        decode = [forward_s(extra, args.prompt, NEW_TOKENS) for _ in range(args.decode_reps)]
+        result[f"forward_short_{name}_s"] = summary(short)
+        result[f"prefill_long_{name}_s"] = summary(prefill)
+        steps = [d - median(short) for d in decode]
+        result[f"decode_{name}"] = {"tok_s": summary([(NEW_TOKENS - 1) / s for s in steps])}
+    return result
+
+
 def in_process(args: argparse.Namespace, tool: str) -> dict:
     log(f"in process: {tool} (forward x{args.reps}, decode x{args.decode_reps})")
     settle(args)
@@ -626,7 +681,7 @@ def markdown(results: dict) -> str:
             e = e[k]
         return e["median"]
 
-    n_short = next((len(e["short_ids"]) for e in inproc.values()), SHORT_TOKENS)
+    n_short = next((len(e["short_ids"]) for e in inproc.values() if "short_ids" in e), SHORT_TOKENS)
     rows = [
         # label, unit, transformers, llama.cpp, lmscope
         ("fresh process: argmax of the prompt (wall)", "s",
@@ -641,14 +696,29 @@ def markdown(results: dict) -> str:
          stage("llama.cpp", "model_load"), None),
         ("  of which: tokenize + forward + argmax", "s", stage("transformers", "forward"),
          stage("llama.cpp", "forward"), None),
-        (f"in process: forward {n_short} tokens (the prompt)", "ms",
-         ip("transformers", "forward_short_s"), ip("llama.cpp", "forward_short_s"), None),
-        (f"in process: forward {LONG_TOKENS} tokens (prompt eval)", "ms",
-         ip("transformers", "forward_long_s"), ip("llama.cpp", "forward_long_s"), None),
-        ("in process: greedy decode, f32 (llama.cpp: Q4_1 weights)", "tok/s",
-         ip("transformers", "decode_f32", "tok_s"), ip("llama.cpp", "decode_q4_1", "tok_s"), None),
-        ("in process: greedy decode, bf16", "tok/s",
-         ip("transformers", "decode_bf16", "tok_s"), None, None),
+        (f"in process: forward {n_short} tokens (the prompt; lmscope: exact path)", "ms",
+         ip("transformers", "forward_short_s"), ip("llama.cpp", "forward_short_s"),
+         ip("lmscope", "forward_short_exact_s")),
+        (f"in process: forward {LONG_TOKENS} tokens, logits at every position (f32)", "ms",
+         ip("transformers", "forward_long_s"), None, None),
+        (f"in process: forward {LONG_TOKENS} tokens, logits at every position (bf16)", "ms",
+         ip("transformers", "forward_long_bf16_s"), None, None),
+        (f"in process: prefill {LONG_TOKENS} tokens, next-token logits (transformers f32; "
+         "llama.cpp Q4_1; lmscope exact)", "ms",
+         ip("transformers", "prefill_long_s"), ip("llama.cpp", "forward_long_s"),
+         ip("lmscope", "prefill_long_exact_s")),
+        (f"in process: prefill {LONG_TOKENS} tokens, next-token logits (transformers bf16; "
+         "lmscope exact)", "ms",
+         ip("transformers", "prefill_long_bf16_s"), None, ip("lmscope", "prefill_long_exact_s")),
+        (f"in process: prefill {LONG_TOKENS} tokens (lmscope --quantized)", "ms",
+         None, ip("llama.cpp", "forward_long_s"), ip("lmscope", "prefill_long_quantized_s")),
+        ("in process: greedy decode, f32 (llama.cpp: Q4_1 weights; lmscope: exact)", "tok/s",
+         ip("transformers", "decode_f32", "tok_s"), ip("llama.cpp", "decode_q4_1", "tok_s"),
+         ip("lmscope", "decode_exact", "tok_s")),
+        ("in process: greedy decode, bf16 (lmscope: exact)", "tok/s",
+         ip("transformers", "decode_bf16", "tok_s"), None, ip("lmscope", "decode_exact", "tok_s")),
+        ("in process: greedy decode, quantized (lmscope --quantized)", "tok/s",
+         None, ip("llama.cpp", "decode_q4_1", "tok_s"), ip("lmscope", "decode_quantized", "tok_s")),
     ]  # fmt: skip
 
     lines = [
@@ -767,6 +837,8 @@ def main() -> None:
             t: in_process(args, t) for t in ("transformers", "llama.cpp") if t in tools
         }
         ip = results["in_process"]
+        if "lmscope" in tools:
+            ip["lmscope"] = lmscope_in_process(args)
         if "transformers" in ip and "llama.cpp" in ip:
             results["long_ids_match"] = ip["transformers"]["long_ids"] == ip["llama.cpp"]["long_ids"]
 
