@@ -39,8 +39,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub json: bool,
 
-    /// GGUF only: candle's quantized matmul on the GGUF blocks, which also rounds the
-    /// activations to 8 bits (the numbers differ from the exact path; see docs/performance.md)
+    /// GGUF only: ggml's quantized matmul (as llama.cpp and candle compute it) on the GGUF
+    /// blocks, which also rounds the activations to 8 bits (the numbers differ from the exact
+    /// path; see docs/performance.md)
     #[arg(long, global = true)]
     pub quantized: bool,
 

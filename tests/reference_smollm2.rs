@@ -140,7 +140,7 @@ fn kv_cache_decoding_equals_full_passes_on_the_real_model() {
     }
 }
 
-/// The --quantized fast path (candle's quantized matmul, 8-bit activations) against the exact
+/// The --quantized fast path (ggml's quantized arithmetic, 8-bit activations) against the exact
 /// path on the reference prompts. docs/performance.md reports these numbers.
 #[test]
 fn quantized_path_stays_close_to_the_exact_path() {

@@ -7,7 +7,11 @@
 //! any other matrix library; see `dot_rows_generic`). Embedding rows and the long-prompt path are
 //! dequantized bit for bit. What changes is the memory traffic: 0.6 bytes per weight (Q4_1)
 //! instead of 4 (f32), and no dequantization at load time. This is lmscope's exact path;
-//! candle's quantized matmul (`--quantized`) also rounds the activations to 8 bits and is not.
+//! `--quantized` (`int8.rs`, or candle's quantized matmul) also rounds the activations to 8 bits
+//! and is not.
+//!
+//! The kernels: `simd.rs` on CPUs with AVX-512, the portable `dot_rows_generic` below elsewhere
+//! (with candle's GEMM on the dequantized matrix for long inputs).
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
@@ -198,89 +202,50 @@ impl BlockMatrix {
 
     /// y = x @ W.T for x: (m, cols) f32 -> (m, rows).
     pub fn matmul_t(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(Self::matmul_t_many(&[self], x)?.pop().expect("one product"))
+    }
+
+    /// y_i = x @ W_i.T for several matrices of the same input (q, k and v; gate and up): one
+    /// parallel region instead of one per matrix, which saves thread wake-ups when decoding.
+    /// x: (m, cols) f32 -> (m, rows_i) each.
+    pub fn matmul_t_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
         let (m, k) = x.dims2()?;
-        if k != self.cols {
-            bail!("input has {k} features, the matrix {}", self.cols);
+        if let Some(w) = ws.iter().find(|w| w.cols != k) {
+            bail!("input has {k} features, the matrix {}", w.cols);
         }
-        let n = self.rows;
-        let t0 = std::time::Instant::now();
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let t1 = t0.elapsed();
-        let out = if m <= GEMM_ROWS {
-            self.dot_product(&x, m)
+        let outs = if m <= GEMM_ROWS {
+            dot_products(ws, &x, m)
         } else if simd_available() {
-            self.panel_product(&x, m)
+            ws.iter().map(|w| w.panel_product(&x, m)).collect()
         } else {
             let x = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
-            let w = self.dequantize(&Device::Cpu)?; // (rows, cols)
-            return Ok(x.matmul(&w.t()?)?);
+            return ws
+                .iter()
+                .map(|w| Ok(x.matmul(&w.dequantize(&Device::Cpu)?.t()?)?)) // (rows, cols)
+                .collect();
         };
-        let t2 = t0.elapsed();
-        let r = Tensor::from_vec(out, (m, n), &Device::Cpu)?;
-        if m > 8 && std::env::var_os("XX").is_some() {
-            eprintln!(
-                "XX {n} {k} {m} copy {:?} product {:?} total {:?}",
-                t1,
-                t2 - t1,
-                t0.elapsed()
-            );
-        }
-        Ok(r)
+        ws.iter()
+            .zip(outs)
+            .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
+            .collect()
     }
 
-    /// x @ W.T for a few input rows, read straight from the blocks: (m, rows), row-major.
-    fn dot_product(&self, x: &[f32], m: usize) -> Vec<f32> {
-        let k = self.cols;
-        let simd = simd_available();
-        let sums = if simd { simd_block_sums(x, k) } else { lane_sums(x, m, k) };
-        self.by_rows(m, |first, out| {
-            if simd {
-                #[cfg(target_arch = "x86_64")]
-                super::simd::dot_rows(self, x, &sums, m, first, out);
-            } else {
-                dot_rows(self, x, &sums, m, first, out);
-            }
-        })
-    }
-
-    /// Runs `kernel(first, out_t)` over the matrix's rows, in tasks of whole rows, where out_t
-    /// is (rows of the task, m), and returns the results as (m, rows), row-major.
-    fn by_rows(&self, m: usize, kernel: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
-        let (n, k) = (self.rows, self.cols);
-        let mut out_t = vec![0f32; n * m];
-        if n * k * m < SERIAL_WORK {
-            // Waking the other threads would cost more than the work.
-            kernel(0, &mut out_t);
-        } else {
-            let rows_per_task = (n / (4 * rayon::current_num_threads())).clamp(16, 1024);
-            out_t.par_chunks_mut(rows_per_task * m).enumerate().for_each(|(task, out)| {
-                kernel(task * rows_per_task, out);
-            });
-        }
-        if m == 1 {
-            return out_t;
-        }
-        let mut out = vec![0f32; m * n];
-        for (j, row) in out_t.chunks_exact(m).enumerate() {
-            for (i, &v) in row.iter().enumerate() {
-                out[i * n + j] = v;
-            }
-        }
-        out
-    }
-
-    /// y = x @ W.T in ggml's quantized arithmetic (activations rounded to 8 bits per block; see
-    /// `int8.rs`), for `--quantized`. x: (m, cols) f32 -> (m, rows).
+    /// y_i = x @ W_i.T in ggml's quantized arithmetic (activations rounded to 8 bits per block;
+    /// see `int8.rs`), for `--quantized`. x: (m, cols) f32 -> (m, rows_i) each.
     #[cfg(target_arch = "x86_64")]
-    pub fn matmul_t_int8(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn matmul_t_int8_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
         let (m, k) = x.dims2()?;
-        if k != self.cols {
-            bail!("input has {k} features, the matrix {}", self.cols);
+        if let Some(w) = ws.iter().find(|w| w.cols != k) {
+            bail!("input has {k} features, the matrix {}", w.cols);
         }
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let q = super::int8::Q8Rows::quantize(&x, m, k);
-        let out = self.by_rows(m, |first, out| super::int8::dot_rows(self, &q, first, out));
-        Ok(Tensor::from_vec(out, (m, self.rows), &Device::Cpu)?)
+        let outs = by_rows(ws, m, |w, first, out| super::int8::dot_rows(w, &q, first, out));
+        ws.iter()
+            .zip(outs)
+            .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
+            .collect()
     }
 
     /// x @ W.T for many input rows, a dequantized panel of rows at a time (AVX-512 only):
@@ -306,6 +271,64 @@ impl BlockMatrix {
     fn panel_product(&self, _x: &[f32], _m: usize) -> Vec<f32> {
         unreachable!("the panel kernel exists only on x86-64")
     }
+}
+
+/// x @ W_i.T for a few input rows, read straight from the blocks: (m, rows_i) each, row-major.
+fn dot_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let k = x.len() / m;
+    let simd = simd_available();
+    let sums = if simd { simd_block_sums(x, k) } else { lane_sums(x, m, k) };
+    by_rows(ws, m, |w, first, out| {
+        if simd {
+            #[cfg(target_arch = "x86_64")]
+            super::simd::dot_rows(w, x, &sums, m, first, out);
+        } else {
+            dot_rows(w, x, &sums, m, first, out);
+        }
+    })
+}
+
+/// Runs `kernel(w, first, out_t)` over the rows of every matrix, in tasks of whole rows (all of
+/// them in one parallel region), where out_t is (rows of the task, m); returns each matrix's
+/// results as (m, rows), row-major.
+fn by_rows(
+    ws: &[&BlockMatrix],
+    m: usize,
+    kernel: impl Fn(&BlockMatrix, usize, &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows * m]).collect();
+    let work: usize = ws.iter().map(|w| w.rows * w.cols * m).sum();
+    if work < SERIAL_WORK {
+        // Waking the other threads would cost more than the work.
+        for (w, out) in ws.iter().zip(&mut outs) {
+            kernel(w, 0, out);
+        }
+    } else {
+        let threads = rayon::current_num_threads();
+        let mut tasks = Vec::new();
+        for (w, out) in ws.iter().zip(&mut outs) {
+            let rows_per_task = (w.rows / (4 * threads)).clamp(16, 1024);
+            for (task, chunk) in out.chunks_mut(rows_per_task * m).enumerate() {
+                tasks.push((*w, task * rows_per_task, chunk));
+            }
+        }
+        tasks.into_par_iter().for_each(|(w, first, out)| kernel(w, first, out));
+    }
+    if m == 1 {
+        return outs;
+    }
+    ws.iter()
+        .zip(outs)
+        .map(|(w, out_t)| {
+            let mut out = vec![0f32; m * w.rows];
+            for (j, row) in out_t.chunks_exact(m).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    out[i * w.rows + j] = v;
+                }
+            }
+            out
+        })
+        .collect()
 }
 
 /// Whether the AVX-512 kernels of `simd.rs` run on this CPU.

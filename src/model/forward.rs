@@ -10,10 +10,8 @@
 //! Shapes: b = batch, t = new tokens, s = all tokens so far (cache + new), c = hidden size,
 //! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
 
-use super::ops::{
-    causal_mask, matmul, repeat_kv, rms_norm, rope, silu, softmax_last_dim, RopeTables,
-};
-use super::weights::{LayerWeights, Weights};
+use super::ops::{attention, causal_mask, rms_norm, rope, silu, RopeTables};
+use super::weights::{LayerWeights, Matrix, Weights};
 use crate::config::Config;
 use anyhow::{ensure, Result};
 use candle_core::{DType, Device, Tensor};
@@ -31,12 +29,50 @@ pub struct Llama {
 
 /// Keys and values of the tokens seen so far, per layer, so the next token costs one position of
 /// work instead of the whole prefix.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct KvCache {
-    /// Per layer: keys (b, kv, s, d) and values (b, kv, s, d), after RoPE.
-    layers: Vec<Option<(Tensor, Tensor)>>,
+    layers: Vec<Option<LayerCache>>,
     /// Number of positions cached.
     len: usize,
+}
+
+/// One layer's keys and values (after RoPE): buffers of (b, kv, capacity, d) whose first `len`
+/// positions are filled. The capacity doubles when it runs out, so appending a token writes one
+/// position instead of copying the whole cache.
+#[derive(Debug)]
+struct LayerCache {
+    k: Tensor,
+    v: Tensor,
+    len: usize,
+}
+
+impl LayerCache {
+    /// Appends k and v (b, kv, t, d) to the layer's cache in `slot` and returns all cached keys
+    /// and values, (b, kv, s, d) each.
+    fn append(slot: &mut Option<LayerCache>, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, kv, t, d) = k.dims4()?;
+        let (len, capacity) = match slot {
+            Some(c) => (c.len, c.k.dim(2)?),
+            None => (0, 0),
+        };
+        if len + t > capacity {
+            let capacity = (len + t).max(2 * capacity).next_multiple_of(64);
+            let grow = |old: Option<&Tensor>| -> Result<Tensor> {
+                let buffer = Tensor::zeros((b, kv, capacity, d), k.dtype(), k.device())?;
+                if let Some(old) = old {
+                    buffer.slice_set(&old.narrow(2, 0, len)?.contiguous()?, 2, 0)?;
+                }
+                Ok(buffer)
+            };
+            let (k_old, v_old) = (slot.as_ref().map(|c| &c.k), slot.as_ref().map(|c| &c.v));
+            *slot = Some(LayerCache { k: grow(k_old)?, v: grow(v_old)?, len });
+        }
+        let c = slot.as_mut().expect("the cache was just made");
+        c.k.slice_set(&k.contiguous()?, 2, len)?;
+        c.v.slice_set(&v.contiguous()?, 2, len)?;
+        c.len = len + t;
+        Ok((c.k.narrow(2, 0, c.len)?, c.v.narrow(2, 0, c.len)?))
+    }
 }
 
 impl KvCache {
@@ -124,14 +160,14 @@ impl Llama {
 
         // position_embeddings = self.rotary_emb(hidden_states, position_ids)
         let (cos, sin) = self.rope.at(offset, t, self.dtype)?; // (t, d/2) each
-                                                               // causal_mask: only when more than one query, as transformers skips it for one token
+                                                               // causal_mask: only for more than one query, as transformers skips it for one token
         let mask = (t > 1).then(|| causal_mask(t, offset, &self.device)).transpose()?; // (t, s)
         let mask = mask.map(|m| m.to_dtype(self.dtype)).transpose()?;
 
         for (i, layer) in w.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| {
                 if c.layers.len() < w.layers.len() {
-                    c.layers.resize(w.layers.len(), None);
+                    c.layers.resize_with(w.layers.len(), || None);
                 }
                 &mut c.layers[i]
             });
@@ -172,22 +208,21 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
     ) -> Result<(Tensor, Tensor)> {
         let eps = self.cfg.rms_norm_eps;
-        // attention rmsnorm: hidden_states = self.input_layernorm(hidden_states)
+        // hidden_states = self.input_layernorm(hidden_states)
         let h = rms_norm(x, &layer.input_layernorm, eps)?; // (b, t, c)
                                                            // hidden_states, attn_weights = self.self_attn(...)
         let (attn, probs) = self.attention(layer, &h, cos, sin, mask, cache)?; // (b, t, c)
-                                                                               // residual connection: hidden_states = residual + hidden_states
+                                                                               // hidden_states = residual + hidden_states
         let x = (x + attn)?; // (b, t, c)
-                             // ffn rmsnorm: hidden_states = self.post_attention_layernorm(hidden_states)
+                             // hidden_states = self.post_attention_layernorm(hidden_states)
         let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?; // (b, t, c)
                                                                      // SwiGLU: down_proj(act_fn(gate_proj(x)) * up_proj(x))
-        let gate = silu(&layer.gate_proj.forward(&h)?)?; // (b, t, f)
-        let up = layer.up_proj.forward(&h)?; // (b, t, f)
-        let mlp = layer.down_proj.forward(&(gate * up)?)?; // (b, t, c)
-                                                           // residual connection
+        let [gate, up] = products(&[&layer.gate_proj, &layer.up_proj], &h)?; // (b, t, f) each
+        let mlp = layer.down_proj.forward(&(silu(&gate)? * up)?)?; // (b, t, c)
+                                                                   // hidden_states = residual + hidden_states
         Ok(((x + mlp)?, probs))
     }
 
@@ -199,16 +234,17 @@ impl Llama {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: Option<&mut Option<(Tensor, Tensor)>>,
+        cache: Option<&mut Option<LayerCache>>,
     ) -> Result<(Tensor, Tensor)> {
         let cfg = &self.cfg;
         let (b, t, _c) = x.dims3()?;
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
 
         // query_states = q_proj(x).view(b, t, h, d).transpose(1, 2), likewise k and v
-        let q = layer.q_proj.forward(x)?.reshape((b, t, h, d))?.transpose(1, 2)?; // (b, h, t, d)
-        let k = layer.k_proj.forward(x)?.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
-        let v = layer.v_proj.forward(x)?.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
+        let [q, k, v] = products(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], x)?;
+        let q = q.reshape((b, t, h, d))?.transpose(1, 2)?; // (b, h, t, d)
+        let k = k.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
+        let v = v.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
 
         // apply_rotary_pos_emb(q, k, cos, sin)
         let q = rope(&q, cos, sin)?; // (b, h, t, d)
@@ -216,32 +252,14 @@ impl Llama {
 
         // past_key_value.update(k, v): append to the cache
         let (k, v) = match cache {
-            Some(slot) => {
-                let (k, v) = match slot.take() {
-                    Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                    None => (k, v.contiguous()?),
-                };
-                *slot = Some((k.clone(), v.clone()));
-                (k, v) // (b, kv, s, d)
-            }
+            Some(slot) => LayerCache::append(slot, &k, &v)?, // (b, kv, s, d) each
             None => (k, v.contiguous()?),
         };
 
-        // repeat_kv: each KV head serves h / kv query heads
-        let k = repeat_kv(&k, cfg.kv_groups())?.contiguous()?; // (b, h, s, d)
-        let v = repeat_kv(&v, cfg.kv_groups())?.contiguous()?; // (b, h, s, d)
+        // softmax(q k^T / sqrt(d) + mask) v, each KV head serving h / kv query heads (repeat_kv)
+        let (out, probs) = attention(&q, &k, &v, mask)?; // (b, h, t, d), (b, h, t, s)
 
-        // attn_weights = q @ k^T * scaling + causal_mask
-        let scale = 1.0 / (d as f64).sqrt();
-        let mut scores = (matmul(&q.contiguous()?, &k.t()?)? * scale)?; // (b, h, t, s)
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        // attn_weights = softmax(attn_weights, dim=-1, dtype=float32)
-        let probs = softmax_last_dim(&scores)?; // (b, h, t, s)
-                                                // attn_output = attn_weights @ v
-        let out = matmul(&probs, &v)?; // (b, h, t, d)
-                                       // attn_output.transpose(1, 2).reshape(b, t, h * d); o_proj(attn_output)
+        // attn_output.transpose(1, 2).reshape(b, t, h * d); o_proj(attn_output)
         let out = out.transpose(1, 2)?.reshape((b, t, h * d))?; // (b, t, h*d)
         Ok((layer.o_proj.forward(&out)?, probs)) // (b, t, c)
     }
@@ -267,6 +285,12 @@ impl Llama {
     pub fn embeddings(&self, ids: &[u32]) -> Result<Tensor> {
         self.weights.embed_tokens.rows(ids)
     }
+}
+
+/// x @ W.T for N matrices of the same input x, computed together (see `Matrix::forward_many`).
+fn products<const N: usize>(ms: &[&Matrix; N], x: &Tensor) -> Result<[Tensor; N]> {
+    let ys = Matrix::forward_many(ms, x)?;
+    Ok(ys.try_into().map_err(|_| anyhow::anyhow!("expected {N} products"))?)
 }
 
 /// Which positions go through lm_head.

@@ -197,7 +197,7 @@ mod tests {
                             &Tensor::zeros((1, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
                         )
                         .unwrap();
-                    let ours = w.matmul_t_int8(&x).unwrap();
+                    let ours = BlockMatrix::matmul_t_int8_many(&[&w], &x).unwrap().pop().unwrap();
                     let theirs = candle.forward(&x).unwrap();
                     let scale =
                         theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();

@@ -26,7 +26,7 @@ pub struct LoadedModel {
     pub tokenizer: Tokenizer,
     /// Where the weights came from, in words ("GGUF file models/...").
     pub origin: String,
-    /// How the matrices are held: exact in a dtype, or candle's quantized matmul.
+    /// How the matrices are held: exact in a dtype, or quantized (8-bit activations).
     pub form: MatrixForm,
 }
 

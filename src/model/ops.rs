@@ -114,6 +114,38 @@ pub fn causal_mask(t: usize, offset: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(mask, (t, s), device)
 }
 
+/// Scaled dot-product attention with grouped-query heads: softmax(q k^T / sqrt(d) + mask) v.
+/// q: (b, h, t, d); k, v: (b, kv, s, d) with h a multiple of kv; mask: (t, s).
+/// Returns the output (b, h, t, d) and the probabilities (b, h, t, s).
+///
+/// transformers first repeats each key/value head h / kv times ([`repeat_kv`]) and then does one
+/// product per query head. Stacking the h / kv query heads that share a key/value head instead
+/// (query head i uses key/value head i / (h / kv) either way) gives the same numbers without
+/// copying the keys and values, which grow with every token.
+pub fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    let (b, h, t, d) = q.dims4()?;
+    let (_, kv, s, _) = k.dims4()?;
+    let groups = h / kv;
+    let q = q.contiguous()?.reshape((b, kv, groups * t, d))?; // (b, kv, groups*t, d)
+                                                              // attn_weights = q @ k^T * scaling + causal_mask
+    let scale = 1.0 / (d as f64).sqrt();
+    let scores = (matmul(&q, &k.t()?)? * scale)?.reshape((b, h, t, s))?; // (b, h, t, s)
+    let scores = match mask {
+        Some(mask) => scores.broadcast_add(mask)?,
+        None => scores,
+    };
+    // attn_weights = softmax(attn_weights, dim=-1, dtype=float32)
+    let probs = softmax_last_dim(&scores)?; // (b, h, t, s)
+                                            // attn_output = attn_weights @ v
+    let out = matmul(&probs.reshape((b, kv, groups * t, s))?, v)?; // (b, kv, groups*t, d)
+    Ok((out.reshape((b, h, t, d))?, probs))
+}
+
 /// Repeats each key/value head `groups` times so grouped-query attention can use one matmul per
 /// query head (transformers' `repeat_kv`). x: (b, kv, s, d) -> (b, kv * groups, s, d).
 pub fn repeat_kv(x: &Tensor, groups: usize) -> Result<Tensor> {
@@ -192,6 +224,28 @@ mod tests {
         // Query 0 is position 1: sees keys 0, 1. Query 1 is position 2: sees all three.
         assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
         assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
+    }
+
+    /// The grouped product equals transformers' formulation: repeat_kv, then one product per
+    /// query head.
+    #[test]
+    fn grouped_attention_equals_repeat_kv() {
+        let dev = Device::Cpu;
+        let (b, h, kv, t, s, d) = (1, 6, 2, 3, 5, 8);
+        let q = Tensor::randn(0f32, 1., (b, h, t, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (b, kv, s, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (b, kv, s, d), &dev).unwrap();
+        let mask = causal_mask(t, s - t, &dev).unwrap();
+        let (out, probs) = attention(&q, &k, &v, Some(&mask)).unwrap();
+
+        let k = repeat_kv(&k, h / kv).unwrap().contiguous().unwrap();
+        let v = repeat_kv(&v, h / kv).unwrap().contiguous().unwrap();
+        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+        let expected_probs =
+            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
+        let expected = expected_probs.matmul(&v).unwrap();
+        close(&probs, &expected_probs, 1e-6);
+        close(&out, &expected, 1e-5);
     }
 
     #[test]

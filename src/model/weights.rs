@@ -49,25 +49,33 @@ impl Matrix {
     pub fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         match self {
             Matrix::Dense(w) => super::ops::linear(x, w),
-            Matrix::Blocks(w) => {
-                let (b, t, c) = x.dims3()?;
-                let y = w
-                    .matmul_t(&x.reshape((b * t, c))?)
-                    .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?; // (b*t, out)
-                y.reshape((b, t, w.rows))
-            }
             Matrix::Quantized(w, _) => candle_core::Module::forward(w.as_ref(), x),
-            #[cfg(target_arch = "x86_64")]
-            Matrix::Int8Blocks(w) => {
-                let (b, t, c) = x.dims3()?;
-                let y = w
-                    .matmul_t_int8(&x.reshape((b * t, c))?)
-                    .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?; // (b*t, out)
-                y.reshape((b, t, w.rows))
+            Matrix::Blocks(_) | Matrix::Int8Blocks(_) => {
+                Ok(Self::forward_many(&[self], x)?.pop().expect("one product"))
             }
-            #[cfg(not(target_arch = "x86_64"))]
-            Matrix::Int8Blocks(_) => unreachable!("only made where int8::available()"),
         }
+    }
+
+    /// The products of several matrices with the same input (q, k and v; gate and up), in one
+    /// parallel region where the matrices are GGUF blocks. x: (b, t, in) -> (b, t, out_i) each.
+    pub fn forward_many(ms: &[&Matrix], x: &Tensor) -> candle_core::Result<Vec<Tensor>> {
+        let (b, t, c) = x.dims3()?;
+        let blocks: Option<Vec<&BlockMatrix>> = ms
+            .iter()
+            .map(|m| if let Matrix::Blocks(w) = m { Some(w.as_ref()) } else { None })
+            .collect();
+        let int8: Option<Vec<&BlockMatrix>> = ms
+            .iter()
+            .map(|m| if let Matrix::Int8Blocks(w) = m { Some(w.as_ref()) } else { None })
+            .collect();
+        let ys = match (blocks, int8) {
+            (Some(ws), _) => BlockMatrix::matmul_t_many(&ws, &x.reshape((b * t, c))?),
+            #[cfg(target_arch = "x86_64")]
+            (None, Some(ws)) => BlockMatrix::matmul_t_int8_many(&ws, &x.reshape((b * t, c))?),
+            _ => return ms.iter().map(|m| m.forward(x)).collect(),
+        };
+        let ys = ys.map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?; // (b*t, out_i)
+        ys.into_iter().map(|y| y.reshape((b, t, y.dim(1)?))).collect()
     }
 
     /// Rows of the matrix as f32, (ids.len(), in): an embedding lookup.
@@ -136,7 +144,8 @@ pub enum MatrixForm {
     /// Numbers equal to dequantizing to `dtype` (f32: GGUF blocks kept and dequantized inside
     /// the product where lmscope has a kernel for the type).
     Exact(DType),
-    /// GGUF blocks through candle's quantized matmul (activations rounded to 8 bits).
+    /// GGUF blocks in ggml's quantized arithmetic (activations rounded to 8 bits): lmscope's
+    /// kernel for Q4_0/Q4_1/Q8_0 on CPUs with AVX512-VNNI, candle's quantized matmul otherwise.
     Quantized,
 }
 
