@@ -290,7 +290,7 @@ impl Llama {
 /// x @ W.T for N matrices of the same input x, computed together (see `Matrix::forward_many`).
 fn products<const N: usize>(ms: &[&Matrix; N], x: &Tensor) -> Result<[Tensor; N]> {
     let ys = Matrix::forward_many(ms, x)?;
-    Ok(ys.try_into().map_err(|_| anyhow::anyhow!("expected {N} products"))?)
+    ys.try_into().map_err(|_| anyhow::anyhow!("expected {N} products"))
 }
 
 /// Which positions go through lm_head.
