@@ -217,7 +217,7 @@ impl BlockMatrix {
         let outs = if m <= GEMM_ROWS {
             dot_products(ws, &x, m)
         } else if simd_available() {
-            ws.iter().map(|w| w.panel_product(&x, m)).collect()
+            panel_products(ws, &x, m)
         } else {
             let x = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
             return ws
@@ -247,30 +247,29 @@ impl BlockMatrix {
             .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
             .collect()
     }
+}
 
-    /// x @ W.T for many input rows, a dequantized panel of rows at a time (AVX-512 only):
-    /// (m, rows), row-major. Each task fills a window of columns.
-    #[cfg(target_arch = "x86_64")]
-    fn panel_product(&self, x: &[f32], m: usize) -> Vec<f32> {
-        use super::simd::{column_windows, panel_rows, NR};
-        let n = self.rows;
-        let t0 = std::time::Instant::now();
-        let mut out = vec![0f32; m * n];
-        if std::env::var_os("XX").is_some() {
-            eprintln!("XX alloc {:?}", t0.elapsed());
-        }
-        let tasks = 4 * rayon::current_num_threads();
-        let width = n.div_ceil(tasks).next_multiple_of(NR);
-        column_windows(&mut out, m, n, width).into_par_iter().for_each(|mut window| {
-            panel_rows(self, x, &mut window);
-        });
-        out
+/// x @ W_i.T for many input rows, a dequantized panel of rows at a time (AVX-512 only):
+/// (m, rows_i) each, row-major. Each task fills a window of columns of one product.
+#[cfg(target_arch = "x86_64")]
+fn panel_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    use super::simd::{column_windows, panel_rows, Packed, NR};
+    let k = x.len() / m;
+    let packed = Packed::new(x, m, k); // once for all the matrices
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
+    let tasks = 4 * rayon::current_num_threads();
+    let mut windows = Vec::new();
+    for (w, out) in ws.iter().zip(&mut outs) {
+        let width = w.rows.div_ceil(tasks).next_multiple_of(NR);
+        windows.extend(column_windows(out, m, w.rows, width).into_iter().map(|c| (*w, c)));
     }
+    windows.into_par_iter().for_each(|(w, mut window)| panel_rows(w, &packed, &mut window));
+    outs
+}
 
-    #[cfg(not(target_arch = "x86_64"))]
-    fn panel_product(&self, _x: &[f32], _m: usize) -> Vec<f32> {
-        unreachable!("the panel kernel exists only on x86-64")
-    }
+#[cfg(not(target_arch = "x86_64"))]
+fn panel_products(_ws: &[&BlockMatrix], _x: &[f32], _m: usize) -> Vec<Vec<f32>> {
+    unreachable!("the panel kernel exists only on x86-64")
 }
 
 /// x @ W_i.T for a few input rows, read straight from the blocks: (m, rows_i) each, row-major.

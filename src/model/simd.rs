@@ -6,19 +6,21 @@
 //! * [`dot_rows`], for a few input rows (decoding, short prompts): each weight block is turned
 //!   into 32 floats in two registers once and multiplied with every input row, as
 //!   `d * (q . x) + m * sum(x)`. Memory traffic is the quantized bytes, about 0.6 bytes a weight.
-//! * [`panel_rows`], for many input rows (long prompts): a panel of [`NR`] weight rows is
-//!   dequantized bit for bit into a small buffer, then multiplied with 6 input rows at a time by
-//!   a register-blocked kernel (NR x 6 dot products accumulate in 16 lanes each, one fused
-//!   multiply-add per weight and input, summed across lanes at the end). The dequantization is
-//!   paid once per panel, not once per input row.
+//! * [`panel_rows`], for many input rows (long prompts): a panel of [`NR`] = 6 weight rows is
+//!   dequantized bit for bit into a small buffer, then multiplied with 32 input rows at a time by
+//!   a register-blocked kernel: for each k, each weight (broadcast) times the 32 inputs' values
+//!   (two registers, from the inputs transposed once per product by [`pack_inputs`]) is added to
+//!   6 x 32 results held in 12 registers: one fused multiply-add per weight and input, and the
+//!   dequantization is paid once per panel, not once per input row.
 
 use super::blocks::{BlockMatrix, BlockType, BLOCK};
+use rayon::prelude::*;
 use std::arch::x86_64::*;
 
 /// Weight rows per panel of [`panel_rows`].
-pub const NR: usize = 4;
-/// Input rows per tile of [`panel_rows`]: NR x MR = 24 accumulators in registers.
-const MR: usize = 6;
+pub const NR: usize = 6;
+/// Input rows per step of [`panel_rows`]: two 16-lane registers (NR x 2 = 12 accumulators).
+pub const MR: usize = 32;
 
 /// Whether this CPU runs the kernels of this module.
 pub fn available() -> bool {
@@ -234,6 +236,42 @@ unsafe fn dot_rows_k<const K: u8, const M: usize>(
     }
 }
 
+/// 16 floats on a 64-byte boundary: one register, loaded without splitting a cache line.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([f32; 16]);
+
+/// The inputs transposed for [`panel_rows`], in groups of MR rows, 64-byte aligned:
+/// `at((g * k + kk) * MR + i)` = x[g * MR + i][kk], zeros past row m.
+pub struct Packed {
+    lines: Vec<Line>,
+    m: usize,
+    k: usize,
+}
+
+impl Packed {
+    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        let groups = m.div_ceil(MR);
+        let mut lines = vec![Line([0.0; 16]); groups * k * MR / 16];
+        lines.par_chunks_mut(k * MR / 16).enumerate().for_each(|(g, group)| {
+            let rows = MR.min(m - g * MR);
+            let x = &x[g * MR * k..(g * MR + rows) * k];
+            // kk outside, rows inside: reads walk 32 rows in step (their cache lines stay in
+            // L1 for 16 values of kk) and writes are sequential.
+            for kk in 0..k {
+                for i in 0..rows {
+                    group[(kk * MR + i) / 16].0[i % 16] = x[i * k + kk];
+                }
+            }
+        });
+        Packed { lines, m, k }
+    }
+
+    fn as_ptr(&self) -> *const f32 {
+        self.lines.as_ptr() as *const f32
+    }
+}
+
 /// A window of columns `first..first + len` of a row-major (m, n) output matrix, which one task
 /// fills while other tasks fill other columns. Windows made by [`column_windows`] never overlap.
 pub struct Columns<'a> {
@@ -276,24 +314,26 @@ pub fn column_windows(out: &mut [f32], m: usize, n: usize, width: usize) -> Vec<
         .collect()
 }
 
-/// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m of x
-/// (m * cols values, row-major).
-pub fn panel_rows(w: &BlockMatrix, x: &[f32], out: &mut Columns) {
+/// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m
+/// (`packed` holds x).
+pub fn panel_rows(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
     assert!(available(), "panel_rows needs AVX-512");
     // SAFETY: the CPU has the features the kernel is compiled for (checked above).
     unsafe {
         match kind_id(w.kind) {
-            Q4_0 => panel_rows_k::<Q4_0>(w, x, out),
-            Q4_1 => panel_rows_k::<Q4_1>(w, x, out),
-            _ => panel_rows_k::<Q8_0>(w, x, out),
+            Q4_0 => panel_rows_k::<Q4_0>(w, packed, out),
+            Q4_1 => panel_rows_k::<Q4_1>(w, packed, out),
+            _ => panel_rows_k::<Q8_0>(w, packed, out),
         }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
-unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, x: &[f32], out: &mut Columns) {
+unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
     let k = w.cols;
-    assert!(x.len() == out.m * k && out.first + out.len <= w.rows && out.n == w.rows);
+    let groups = out.m.div_ceil(MR);
+    assert!(packed.k == k && packed.m == out.m && packed.lines.len() * 16 == groups * k * MR);
+    assert!(out.first + out.len <= w.rows && out.n == w.rows);
     let data = w.bytes.as_slice();
     let rb = k / BLOCK * w.kind.block_bytes();
     let mut panel = vec![0f32; NR * k]; // NR dequantized rows, row-major
@@ -310,50 +350,45 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, x: &[f32], out: &mut Column
                 row.fill(0.0);
             }
         }
-        let mut i0 = 0;
-        while i0 < out.m {
-            let xp = x.as_ptr().add(i0 * k);
-            let step = match out.m - i0 {
-                1 => tile::<1>(&panel, xp, k, out, (i0, p0, nr)),
-                2 => tile::<2>(&panel, xp, k, out, (i0, p0, nr)),
-                3 => tile::<3>(&panel, xp, k, out, (i0, p0, nr)),
-                4 => tile::<4>(&panel, xp, k, out, (i0, p0, nr)),
-                5 => tile::<5>(&panel, xp, k, out, (i0, p0, nr)),
-                _ => tile::<MR>(&panel, xp, k, out, (i0, p0, nr)),
-            };
-            i0 += step;
+        let wp: [*const f32; NR] = std::array::from_fn(|r| panel.as_ptr().add(r * k));
+        for g in 0..groups {
+            let xp = packed.as_ptr().add(g * k * MR);
+            let rows = MR.min(out.m - g * MR);
+            // acc[r] holds W[j0 + r] . x[32g..32g + 32]: a piece of a column of the output.
+            let acc = if rows > 16 { tile::<2>(wp, xp, k) } else { tile::<1>(wp, xp, k) };
+            let mut column = [0f32; MR];
+            for (r, a) in acc.iter().enumerate().take(nr) {
+                _mm512_storeu_ps(column.as_mut_ptr(), a[0]);
+                _mm512_storeu_ps(column.as_mut_ptr().add(16), a[1]);
+                for (i, &v) in column.iter().enumerate().take(rows) {
+                    out.set(g * MR + i, p0 + r, v);
+                }
+            }
         }
     }
 }
 
-/// The dot products of the panel's rows with C input rows starting at `x` (row-major, k
-/// columns), written to out[i0 + c][p0 + r] for the panel's first `nr` rows. Returns C.
+/// The NR x 32 products of the panel rows `wp` with a group of packed inputs `xp`; with V = 1
+/// only the first 16 inputs are computed (the last group of a product, when it has 16 or fewer).
 #[inline(always)]
-unsafe fn tile<const C: usize>(
-    panel: &[f32],
-    x: *const f32,
+unsafe fn tile<const V: usize>(
+    wp: [*const f32; NR],
+    xp: *const f32,
     k: usize,
-    out: &mut Columns,
-    (i0, p0, nr): (usize, usize, usize),
-) -> usize {
-    debug_assert!(panel.len() == NR * k && k.is_multiple_of(16));
-    let wp = panel.as_ptr();
-    let mut acc = [[_mm512_setzero_ps(); NR]; C];
-    for kk in (0..k).step_by(16) {
-        let wv: [__m512; NR] = std::array::from_fn(|r| _mm512_loadu_ps(wp.add(r * k + kk)));
-        for (c, a) in acc.iter_mut().enumerate() {
-            let xv = _mm512_loadu_ps(x.add(c * k + kk));
-            for r in 0..NR {
-                a[r] = _mm512_fmadd_ps(wv[r], xv, a[r]);
+) -> [[__m512; 2]; NR] {
+    let mut acc = [[_mm512_setzero_ps(); 2]; NR];
+    // Plain index loops with constant bounds: fully unrolled, so acc lives in registers.
+    #[allow(clippy::needless_range_loop)]
+    for kk in 0..k {
+        let x: [__m512; V] = std::array::from_fn(|v| _mm512_load_ps(xp.add(kk * MR + 16 * v)));
+        for r in 0..NR {
+            let wv = _mm512_set1_ps(*wp[r].add(kk));
+            for v in 0..V {
+                acc[r][v] = _mm512_fmadd_ps(wv, x[v], acc[r][v]);
             }
         }
     }
-    for (c, a) in acc.iter().enumerate() {
-        for (r, v) in a.iter().enumerate().take(nr) {
-            out.set(i0 + c, p0 + r, _mm512_reduce_add_ps(*v));
-        }
-    }
-    C
+    acc
 }
 
 #[cfg(test)]
