@@ -91,10 +91,8 @@ unsafe fn weights<const K: u8>(block: *const u8) -> __m256i {
         return _mm256_loadu_si256(block.add(2) as *const __m256i);
     }
     let qs = _mm_loadu_si128(block.add(if K == Q4_1 { 4 } else { 2 }) as *const __m128i);
-    let nibble = _mm_set1_epi8(0x0F);
-    let lo = _mm_and_si128(qs, nibble); // values 0..16
-    let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), nibble); // values 16..32
-    let q = _mm256_set_m128i(hi, lo);
+    // low nibbles (values 0..16) in the low half, high nibbles (16..32) in the high half
+    let q = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16::<4>(qs), qs), _mm256_set1_epi8(0x0F));
     if K == Q4_0 {
         _mm256_sub_epi8(q, _mm256_set1_epi8(8))
     } else {
@@ -123,6 +121,7 @@ unsafe fn dot_rows_k<const K: u8>(w: &BlockMatrix, x: &Q8Rows, first: usize, out
     assert!(out.len() == rows * m && (first + rows) * rb <= data.len());
     assert!(x.q.len() == m * k && x.d.len() == m * x.stride && x.s.len() == m * x.stride);
     let mut scales = RowScales::new(blocks);
+    let mut dd = vec![0f32; x.stride]; // d_w * d_x per block
     let zero = _mm256_setzero_si256();
     for (local, outs) in out.chunks_exact_mut(m).enumerate() {
         let row = data.as_ptr().add((first + local) * rb);
@@ -131,22 +130,33 @@ unsafe fn dot_rows_k<const K: u8>(w: &BlockMatrix, x: &Q8Rows, first: usize, out
         for (i, o) in outs.iter_mut().enumerate() {
             let xq = x.q.as_ptr().add(i * k);
             let xd = x.d.as_ptr().add(i * x.stride);
-            // Two accumulators (even and odd blocks): two short dependency chains.
-            let mut acc = [_mm256_setzero_ps(); 2];
-            for b in 0..blocks {
+            for g in (0..blocks).step_by(16) {
+                let d = _mm512_mul_ps(_mm512_loadu_ps(scales.d.as_ptr().add(g)), _mm512_loadu_ps(xd.add(g)));
+                _mm512_storeu_ps(dd.as_mut_ptr().add(g), d);
+            }
+            // The block's scaled integer dot product, as 8 lanes of partial sums: u8 x i8
+            // multiplies (for signed weights, |w| times x with w's sign).
+            let block = |b: usize| {
                 let wq = weights::<K>(row.add(b * bb));
                 let xv = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
-                // 8 lanes of integer partial sums of q_w * q_x (u8 x i8 multiplies: for signed
-                // weights, |w| times x with w's sign).
                 let p = if K == Q4_1 {
                     _mm256_dpbusd_epi32(zero, wq, xv)
                 } else {
                     _mm256_dpbusd_epi32(zero, _mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq))
                 };
-                let scale = _mm256_set1_ps(scales.d[b] * *xd.add(b));
-                acc[b & 1] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[b & 1]);
+                (_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&*dd.as_ptr().add(b)))
+            };
+            // Two accumulators (even and odd blocks): two short dependency chains.
+            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for b in (0..blocks).step_by(2) {
+                let (p, scale) = block(b);
+                even = _mm256_fmadd_ps(p, scale, even);
+                if b + 1 < blocks {
+                    let (p, scale) = block(b + 1);
+                    odd = _mm256_fmadd_ps(p, scale, odd);
+                }
             }
-            let mut total = sum8(_mm256_add_ps(acc[0], acc[1]));
+            let mut total = sum8(_mm256_add_ps(even, odd));
             if K == Q4_1 {
                 // plus the sum over blocks of m_w * s_x, 16 blocks at a time
                 let xs = x.s.as_ptr().add(i * x.stride);
