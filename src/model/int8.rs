@@ -131,7 +131,10 @@ unsafe fn dot_rows_k<const K: u8>(w: &BlockMatrix, x: &Q8Rows, first: usize, out
             let xq = x.q.as_ptr().add(i * k);
             let xd = x.d.as_ptr().add(i * x.stride);
             for g in (0..blocks).step_by(16) {
-                let d = _mm512_mul_ps(_mm512_loadu_ps(scales.d.as_ptr().add(g)), _mm512_loadu_ps(xd.add(g)));
+                let d = _mm512_mul_ps(
+                    _mm512_loadu_ps(scales.d.as_ptr().add(g)),
+                    _mm512_loadu_ps(xd.add(g)),
+                );
                 _mm512_storeu_ps(dd.as_mut_ptr().add(g), d);
             }
             // The block's scaled integer dot product, as 8 lanes of partial sums: u8 x i8
@@ -189,7 +192,8 @@ mod tests {
             return;
         }
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            for (rows, cols) in [(300, 96), (37, 608)] {
+            // candle's Q4_1 reference needs an even number of blocks per row (debug-asserted).
+            for (rows, cols) in [(300, 128), (37, 640)] {
                 let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
                 let q = QTensor::quantize(&src, kind).unwrap();
                 let bytes = q.data().unwrap().to_vec();
@@ -218,6 +222,70 @@ mod tests {
                         "{kind:?} {rows}x{cols}, {inputs} inputs: {diff}"
                     );
                 }
+            }
+        }
+    }
+
+    /// Odd block counts (candle's kernels refuse them) against ggml's formula written out:
+    /// sum over blocks of sumi * d_w * d_x (+ m_w * s_x for Q4_1).
+    #[test]
+    fn odd_block_counts_follow_ggmls_formula() {
+        if !available() {
+            return;
+        }
+        let (rows, cols) = (5, 608); // 19 blocks
+        for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+            let bytes = QTensor::quantize(&src, kind).unwrap().data().unwrap().to_vec();
+            let block_kind = BlockType::from_ggml(kind).unwrap();
+            let w = BlockMatrix::new(block_kind, rows, cols, BlockBytes::Owned(Arc::new(bytes)))
+                .unwrap();
+            let x: Vec<f32> =
+                Tensor::randn(0f32, 2.0, cols, &Device::Cpu).unwrap().to_vec1().unwrap();
+            let q = Q8Rows::quantize(&x, 1, cols);
+            let ours = BlockMatrix::matmul_t_int8_many(
+                &[&w],
+                &Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu).unwrap(),
+            )
+            .unwrap()
+            .pop()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+            let data = w.bytes.as_slice();
+            let bb = block_kind.block_bytes();
+            let half = |at: usize| f16::from_le_bytes([data[at], data[at + 1]]).to_f32();
+            for (r, &got) in ours.iter().enumerate() {
+                let mut expected = 0f32;
+                for b in 0..cols / BLOCK {
+                    let at = (r * cols / BLOCK + b) * bb;
+                    let weight = |j: usize| -> i32 {
+                        match block_kind {
+                            BlockType::Q8_0 => data[at + 2 + j] as i8 as i32,
+                            BlockType::Q4_0 | BlockType::Q4_1 => {
+                                let qs = at + if block_kind == BlockType::Q4_1 { 4 } else { 2 };
+                                let nibble = if j < 16 {
+                                    data[qs + j] & 0x0F
+                                } else {
+                                    data[qs + j - 16] >> 4
+                                };
+                                nibble as i32 - if block_kind == BlockType::Q4_0 { 8 } else { 0 }
+                            }
+                        }
+                    };
+                    let sumi: i32 = (0..BLOCK).map(|j| weight(j) * q.q[b * BLOCK + j] as i32).sum();
+                    expected += sumi as f32 * half(at) * q.d[b];
+                    if block_kind == BlockType::Q4_1 {
+                        expected += half(at + 2) * q.s[b];
+                    }
+                }
+                let tolerance = 1e-5 * expected.abs().max(1.0);
+                assert!(
+                    (got - expected).abs() <= tolerance,
+                    "{kind:?} row {r}: {got} vs {expected}"
+                );
             }
         }
     }
