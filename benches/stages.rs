@@ -83,23 +83,28 @@ fn stages(c: &mut Criterion) {
     g.finish();
 }
 
-/// The machine's limit for decoding: how fast one core streams memory (a sum over 256 MiB, far
-/// larger than the caches). Decoding reads every weight once per token, so tokens/s can be at
-/// most bandwidth / bytes of weights (about 96 MB for the Q4_1 GGUF's blocks).
+/// The machine's limit for decoding: how fast one core, and all cores together, stream memory
+/// (a sum over 256 MiB, far larger than the caches). Decoding reads every weight once per token,
+/// so tokens/s can be at most bandwidth / bytes of weights (about 96 MB for the Q4_1 GGUF's
+/// blocks).
 fn memory_bandwidth(c: &mut Criterion) {
+    use rayon::prelude::*;
     let data = vec![1.0f32; 64 << 20];
+    let sum = |part: &[f32]| {
+        let mut lanes = [0f32; 16];
+        for chunk in part.chunks_exact(16) {
+            for (l, x) in lanes.iter_mut().zip(chunk) {
+                *l += x;
+            }
+        }
+        lanes.iter().sum::<f32>()
+    };
     let mut g = c.benchmark_group("memory");
     g.sample_size(10).throughput(Throughput::Bytes((data.len() * 4) as u64));
-    g.bench_function("read 256 MiB (one core)", |b| {
-        b.iter(|| {
-            let mut lanes = [0f32; 16];
-            for chunk in black_box(&data).chunks_exact(16) {
-                for (l, x) in lanes.iter_mut().zip(chunk) {
-                    *l += x;
-                }
-            }
-            lanes.iter().sum::<f32>()
-        })
+    g.bench_function("read 256 MiB (one core)", |b| b.iter(|| sum(black_box(&data))));
+    let threads = rayon::current_num_threads();
+    g.bench_function(format!("read 256 MiB ({threads} threads)"), |b| {
+        b.iter(|| black_box(&data).par_chunks(1 << 20).map(sum).sum::<f32>())
     });
     g.finish();
 }

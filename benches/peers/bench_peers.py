@@ -552,7 +552,8 @@ def lmscope_in_process(args: argparse.Namespace) -> dict:
       position through lm_head (like transformers' generate and llama.cpp's eval);
     * decode: `generate --max-new-tokens NEW_TOKENS --ignore-eos` minus the prefill run, over
       its NEW_TOKENS - 1 single-token steps;
-    for the exact path and for `--quantized`."""
+    for the exact path and for `--quantized`. Each timed run directly follows an untimed one,
+    so that the file is in the page cache as the peers' loaded model is in their memory."""
     exe = args.lmscope
     tok = subprocess.run([exe, "--model", args.model, "--json", "tokenize", PARAGRAPH],
                          capture_output=True, text=True, check=True)  # fmt: skip
@@ -570,6 +571,10 @@ def lmscope_in_process(args: argparse.Namespace) -> dict:
         cmd = [exe, "--model", args.model, "--threads", str(args.threads), "--timings", *extra,
                "generate", "--max-new-tokens", str(new_tokens), "--ignore-eos", text]  # fmt: skip
         settle(args)
+        # An untimed run first, right before: the peers' in-process figures are taken with the
+        # model already in memory, and a machine that pages out idle memory (this project's VMs
+        # run DAMON with a pageout scheme) would otherwise make each run read the file again.
+        check(run_child(cmd, args.timeout), "lmscope in process (warm-up)")
         r = check(run_child(cmd, args.timeout), "lmscope in process")
         m = re.search(r"forward ([0-9.]+) ms", r["stderr"])
         if not m:
