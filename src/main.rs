@@ -97,11 +97,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 full: args.full,
                 temperature: args.temperature,
             };
-            report::logits(format, &logits::run(&m, &req)?)?;
+            report::logits(format, &logits::run(m, &req)?)?;
         }
         Command::Argmax(args) => {
             let m = load_model(g)?;
-            report::argmax(format, &generate::argmax_steps(&m, &args.text, args.steps)?)?;
+            report::argmax(format, &generate::argmax_steps(m, &args.text, args.steps)?)?;
         }
         Command::Embed(args) => {
             let m = load_model(g)?;
@@ -114,11 +114,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     Dims::First(n) => Some(n),
                 },
             };
-            report::embed(format, &embed::run(&m, &req)?)?;
+            report::embed(format, &embed::run(m, &req)?)?;
         }
         Command::Similarity(args) => {
             let m = load_model(g)?;
-            let r = similarity::run(&m, &args.words, args.lookup.exact, pool(&args.lookup))?;
+            let r = similarity::run(m, &args.words, args.lookup.exact, pool(&args.lookup))?;
             report::similarity(format, &r)?;
         }
         Command::Model => {
@@ -144,11 +144,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 stop_at_eos: !args.ignore_eos,
             };
             match format {
-                Format::Json => report::generate(&generate::run(&m, &req, &mut |_| Ok(()))?)?,
+                Format::Json => report::generate(&generate::run(m, &req, &mut |_| Ok(()))?)?,
                 Format::Human => {
                     // The prompt is printed with the first token: an error comes out alone.
                     let mut stream = report::TextStream::new(&args.text);
-                    let r = generate::run(&m, &req, &mut |step| stream.push(step))?;
+                    let r = generate::run(m, &req, &mut |step| stream.push(step))?;
                     stream.finish(&r, args.show_steps)?;
                 }
             }
