@@ -123,7 +123,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Model => {
             let m = load_model(g)?;
-            report::model(format, &model_info::run(&m)?)?;
+            report::model(format, &model_info::run(m)?)?;
         }
         Command::Generate(args) => {
             let m = load_model(g)?;
