@@ -213,17 +213,16 @@ impl BlockMatrix {
         if let Some(w) = ws.iter().find(|w| w.cols != k) {
             bail!("input has {k} features, the matrix {}", w.cols);
         }
+        if m > GEMM_ROWS && !simd_available() {
+            return dequantized_products(ws, x);
+        }
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let outs = if m <= GEMM_ROWS {
+        let outs = if m == 0 {
+            ws.iter().map(|_| Vec::new()).collect()
+        } else if m <= GEMM_ROWS {
             dot_products(ws, &x, m)
-        } else if simd_available() {
-            panel_products(ws, &x, m)
         } else {
-            let x = Tensor::from_vec(x, (m, k), &Device::Cpu)?;
-            return ws
-                .iter()
-                .map(|w| Ok(x.matmul(&w.dequantize(&Device::Cpu)?.t()?)?)) // (rows, cols)
-                .collect();
+            panel_products(ws, &x, m)
         };
         ws.iter()
             .zip(outs)
@@ -241,7 +240,11 @@ impl BlockMatrix {
         }
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let q = super::int8::Q8Rows::quantize(&x, m, k);
-        let outs = by_rows(ws, m, |w, first, out| super::int8::dot_rows(w, &q, first, out));
+        let outs = if m == 0 {
+            ws.iter().map(|_| Vec::new()).collect()
+        } else {
+            by_rows(ws, m, |w, first, out| super::int8::dot_rows(w, &q, first, out))
+        };
         ws.iter()
             .zip(outs)
             .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
@@ -270,6 +273,12 @@ fn panel_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
 #[cfg(not(target_arch = "x86_64"))]
 fn panel_products(_ws: &[&BlockMatrix], _x: &[f32], _m: usize) -> Vec<Vec<f32>> {
     unreachable!("the panel kernel exists only on x86-64")
+}
+
+/// x @ W_i.T for many input rows where the AVX-512 kernels do not run: each matrix dequantized
+/// (bit for bit) and multiplied with candle's GEMM. x: (m, cols) -> (m, rows_i) each.
+fn dequantized_products(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    ws.iter().map(|w| Ok(x.matmul(&w.dequantize(&Device::Cpu)?.t()?)?)).collect()
 }
 
 /// x @ W_i.T for a few input rows, read straight from the blocks: (m, rows_i) each, row-major.
@@ -553,6 +562,30 @@ mod tests {
                     assert!(diff < 1e-4, "{kind:?} {rows}x{cols}, {inputs} inputs: {diff}");
                 }
             }
+        }
+    }
+
+    /// The long-input path of CPUs without AVX-512, checked on every machine.
+    #[test]
+    fn dequantized_products_equal_dequantize_then_matmul() {
+        let (q, m) = quantized(GgmlDType::Q4_1, 37, 608);
+        let w = q.dequantize(&Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (20, 608), &Device::Cpu).unwrap();
+        let ours = dequantized_products(&[&m], &x).unwrap().pop().unwrap();
+        let reference = x.matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(max_diff(&ours, &reference), 0.0);
+    }
+
+    #[test]
+    fn no_input_rows_give_an_empty_product() {
+        let (_, m) = quantized(GgmlDType::Q4_1, 37, 64);
+        let x = Tensor::zeros((0, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let y = m.matmul_t(&x).unwrap();
+        assert_eq!(y.dims(), [0, 37]);
+        #[cfg(target_arch = "x86_64")]
+        if super::super::int8::available() {
+            let y = BlockMatrix::matmul_t_int8_many(&[&m], &x).unwrap().pop().unwrap();
+            assert_eq!(y.dims(), [0, 37]);
         }
     }
 
