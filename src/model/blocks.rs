@@ -130,8 +130,9 @@ impl std::fmt::Debug for BlockMatrix {
     }
 }
 
-/// Above this many input rows, the matrix is dequantized once and multiplied with candle's GEMM,
-/// whose register-blocked kernel beats the row-by-row one for long prompts.
+/// Above this many input rows, the products switch from the row-by-row kernel (which reads each
+/// block once for all inputs) to the register-blocked panel kernel (`simd::panel_rows`), or,
+/// without AVX-512, to candle's GEMM on the dequantized matrix.
 const GEMM_ROWS: usize = 8;
 
 /// Products with fewer multiply-adds than this run on the calling thread.
@@ -139,8 +140,8 @@ const SERIAL_WORK: usize = 1 << 18;
 
 impl BlockMatrix {
     pub fn new(kind: BlockType, rows: usize, cols: usize, bytes: BlockBytes) -> Result<Self> {
-        if !cols.is_multiple_of(BLOCK) {
-            bail!("a {kind:?} matrix needs a multiple of {BLOCK} columns, not {cols}");
+        if cols == 0 || !cols.is_multiple_of(BLOCK) {
+            bail!("a {kind:?} matrix needs a positive multiple of {BLOCK} columns, not {cols}");
         }
         let expected = rows
             .checked_mul(cols / BLOCK)
@@ -210,6 +211,9 @@ impl BlockMatrix {
     /// x: (m, cols) f32 -> (m, rows_i) each.
     pub fn matmul_t_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
         let (m, k) = x.dims2()?;
+        if ws.is_empty() {
+            return Ok(Vec::new());
+        }
         if let Some(w) = ws.iter().find(|w| w.cols != k) {
             bail!("input has {k} features, the matrix {}", w.cols);
         }
@@ -235,6 +239,9 @@ impl BlockMatrix {
     #[cfg(target_arch = "x86_64")]
     pub fn matmul_t_int8_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
         let (m, k) = x.dims2()?;
+        if ws.is_empty() {
+            return Ok(Vec::new());
+        }
         if let Some(w) = ws.iter().find(|w| w.cols != k) {
             bail!("input has {k} features, the matrix {}", w.cols);
         }
@@ -263,7 +270,7 @@ fn panel_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     let tasks = 4 * rayon::current_num_threads();
     let mut windows = Vec::new();
     for (w, out) in ws.iter().zip(&mut outs) {
-        let width = w.rows.div_ceil(tasks).next_multiple_of(NR);
+        let width = w.rows.div_ceil(tasks).next_multiple_of(NR).max(NR);
         windows.extend(column_windows(out, m, w.rows, width).into_iter().map(|c| (*w, c)));
     }
     windows.into_par_iter().for_each(|(w, mut window)| panel_rows(w, &packed, &mut window));
@@ -587,6 +594,20 @@ mod tests {
             let y = BlockMatrix::matmul_t_int8_many(&[&m], &x).unwrap().pop().unwrap();
             assert_eq!(y.dims(), [0, 37]);
         }
+    }
+
+    #[test]
+    fn a_matrix_without_rows_gives_empty_products_and_one_without_columns_is_refused() {
+        let empty =
+            BlockMatrix::new(BlockType::Q4_1, 0, 64, BlockBytes::Owned(Arc::new(Vec::new())))
+                .unwrap();
+        for inputs in [1, 20] {
+            let x = Tensor::randn(0f32, 1.0, (inputs, 64), &Device::Cpu).unwrap();
+            assert_eq!(empty.matmul_t(&x).unwrap().dims(), [inputs, 0]);
+        }
+        let no_columns =
+            BlockMatrix::new(BlockType::Q8_0, 3, 0, BlockBytes::Owned(Arc::new(Vec::new())));
+        assert!(no_columns.is_err());
     }
 
     #[test]

@@ -2,11 +2,12 @@
 //! implements too) on GGUF Q4_0, Q4_1 and Q8_0 blocks, with AVX512-VNNI.
 //!
 //! Each input row is rounded to 8 bits per block of 32 values (ggml's `quantize_row_q8_1` and
-//! `quantize_row_q8_0`: scale d = max|x| / 127 stored as f16, q = round(x / d)), and each block's
-//! dot product is computed in integers: `sum(q_w * q_x)`, then scaled by `d_w * d_x` (plus
-//! `m_w * s_x` for Q4_1, where `s_x = d_x * sum(q_x)`). This is the same arithmetic as candle's
-//! kernels, summed in another order, and differs from the exact path by the rounding of the
-//! activations. candle has no SIMD kernel for Q4_1 (its `vec_dot` is the scalar reference), which
+//! `quantize_row_q8_0` as candle implements them: scale d = max|x| / 127 stored as f16,
+//! q = round(x / d)), and each block's dot product is computed in integers: `sum(q_w * q_x)`,
+//! then scaled by `d_w * d_x` (plus `m_w * s_x` for Q4_1, where `s_x = d_x * sum(q_x)`). This is
+//! candle's arithmetic, summed in another order, and differs from the exact path by the rounding
+//! of the activations. (Where ggml rounds s_x once, `f16(d * sum)` with the f32 d, candle rounds
+//! the sum to f16 and multiplies in f16; lmscope follows candle, which its tests compare with.) candle has no SIMD kernel for Q4_1 (its `vec_dot` is the scalar reference), which
 //! is why lmscope carries this one; other types and CPUs without AVX512-VNNI use candle's
 //! `QMatMul`.
 
@@ -31,15 +32,16 @@ pub struct Q8Rows {
     q: Vec<i8>,
     /// Per row and block: d (an f16 value), at `i * stride + b`.
     d: Vec<f32>,
-    /// Per row and block: s = d * sum(q) as ggml's Q8_1 stores it (f16), at `i * stride + b`.
+    /// Per row and block: s = d * sum(q) as candle's Q8_1 stores it (`f16(sum) * d` in f16), at
+    /// `i * stride + b`.
     s: Vec<f32>,
     /// Blocks per row, rounded up to 16 (the padding is zero).
     stride: usize,
 }
 
 impl Q8Rows {
-    /// Quantizes m rows of k values (k a multiple of 32), exactly as ggml's quantize_row_q8_1
-    /// (and, leaving out s, quantize_row_q8_0).
+    /// Quantizes m rows of k values (k a multiple of 32), exactly as candle's Q8_1 quantization
+    /// (and, leaving out s, its Q8_0 one).
     pub fn quantize(x: &[f32], m: usize, k: usize) -> Self {
         assert!(x.len() == m * k && k.is_multiple_of(BLOCK));
         let blocks = k / BLOCK;

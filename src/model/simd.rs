@@ -278,8 +278,9 @@ pub struct Columns<'a> {
     ptr: *mut f32,
     m: usize,
     n: usize,
-    pub first: usize,
-    pub len: usize,
+    // Private: a window's columns are fixed by column_windows, so no two windows overlap.
+    first: usize,
+    len: usize,
     _out: std::marker::PhantomData<&'a mut [f32]>,
 }
 
