@@ -210,53 +210,57 @@ impl BlockMatrix {
     /// parallel region instead of one per matrix, which saves thread wake-ups when decoding.
     /// x: (m, cols) f32 -> (m, rows_i) each.
     pub fn matmul_t_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
-        let (m, k) = x.dims2()?;
-        if ws.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(w) = ws.iter().find(|w| w.cols != k) {
-            bail!("input has {k} features, the matrix {}", w.cols);
-        }
-        if m > GEMM_ROWS && !simd_available() {
+        if x.dims2()?.0 > GEMM_ROWS && !simd_available() {
+            check_input(ws, x)?;
             return dequantized_products(ws, x);
         }
-        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let outs = if m == 0 {
-            ws.iter().map(|_| Vec::new()).collect()
-        } else if m <= GEMM_ROWS {
-            dot_products(ws, &x, m)
-        } else {
-            panel_products(ws, &x, m)
-        };
-        ws.iter()
-            .zip(outs)
-            .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
-            .collect()
+        products(ws, x, |x, m, _| {
+            if m <= GEMM_ROWS {
+                dot_products(ws, x, m)
+            } else {
+                panel_products(ws, x, m)
+            }
+        })
     }
 
     /// y_i = x @ W_i.T in ggml's quantized arithmetic (activations rounded to 8 bits per block;
     /// see `int8.rs`), for `--quantized`. x: (m, cols) f32 -> (m, rows_i) each.
     #[cfg(target_arch = "x86_64")]
     pub fn matmul_t_int8_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
-        let (m, k) = x.dims2()?;
-        if ws.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(w) = ws.iter().find(|w| w.cols != k) {
-            bail!("input has {k} features, the matrix {}", w.cols);
-        }
-        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let q = super::int8::Q8Rows::quantize(&x, m, k);
-        let outs = if m == 0 {
-            ws.iter().map(|_| Vec::new()).collect()
-        } else {
+        products(ws, x, |x, m, k| {
+            let q = super::int8::Q8Rows::quantize(x, m, k);
             by_rows(ws, m, |w, first, out| super::int8::dot_rows(w, &q, first, out))
-        };
-        ws.iter()
-            .zip(outs)
-            .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
-            .collect()
+        })
     }
+}
+
+/// (m, k) of the input x, which must have as many columns as every matrix.
+fn check_input(ws: &[&BlockMatrix], x: &Tensor) -> Result<(usize, usize)> {
+    let (m, k) = x.dims2()?;
+    if let Some(w) = ws.iter().find(|w| w.cols != k) {
+        bail!("input has {k} features, the matrix {}", w.cols);
+    }
+    Ok((m, k))
+}
+
+/// Checks x and runs `compute(x's values, m, k)`, which returns each product as (m, rows_i)
+/// values, row-major; returns them as tensors. With no matrices or no input rows there is nothing
+/// to compute.
+fn products(
+    ws: &[&BlockMatrix],
+    x: &Tensor,
+    compute: impl FnOnce(&[f32], usize, usize) -> Vec<Vec<f32>>,
+) -> Result<Vec<Tensor>> {
+    let (m, k) = check_input(ws, x)?;
+    let outs = if ws.is_empty() || m == 0 {
+        ws.iter().map(|_| Vec::new()).collect()
+    } else {
+        compute(&x.flatten_all()?.to_vec1::<f32>()?, m, k)
+    };
+    ws.iter()
+        .zip(outs)
+        .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
+        .collect()
 }
 
 /// x @ W_i.T for many input rows, a dequantized panel of rows at a time (AVX-512 only):
@@ -485,24 +489,25 @@ fn dot_rows_generic<const FMA: bool>(
     }
 }
 
+/// A random (rows, cols) matrix quantized by candle, as candle's QTensor and as lmscope's blocks
+/// (for the tests of this module, `simd.rs` and `int8.rs`).
+#[cfg(test)]
+pub(crate) fn quantized(
+    kind: GgmlDType,
+    rows: usize,
+    cols: usize,
+) -> (candle_core::quantized::QTensor, BlockMatrix) {
+    let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
+    let q = candle_core::quantized::QTensor::quantize(&src, kind).unwrap();
+    let bytes = q.data().unwrap().to_vec();
+    let kind = BlockType::from_ggml(kind).unwrap();
+    let m = BlockMatrix::new(kind, rows, cols, BlockBytes::Owned(Arc::new(bytes))).unwrap();
+    (q, m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::QTensor;
-
-    fn quantized(kind: GgmlDType, rows: usize, cols: usize) -> (QTensor, BlockMatrix) {
-        let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&src, kind).unwrap();
-        let bytes = q.data().unwrap().to_vec();
-        let m = BlockMatrix::new(
-            BlockType::from_ggml(kind).unwrap(),
-            rows,
-            cols,
-            BlockBytes::Owned(Arc::new(bytes)),
-        )
-        .unwrap();
-        (q, m)
-    }
 
     #[test]
     fn dequantization_is_bit_identical_to_candles() {

@@ -180,10 +180,9 @@ unsafe fn dot_rows_k<const K: u8>(w: &BlockMatrix, x: &Q8Rows, first: usize, out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::blocks::BlockBytes;
-    use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
+    use crate::model::blocks::quantized;
+    use candle_core::quantized::{GgmlDType, QMatMul};
     use candle_core::{Device, Module, Tensor};
-    use std::sync::Arc;
 
     /// Same numbers as candle's QMatMul (the same integers, scales and f16 roundings; only the
     /// order of the float additions differs).
@@ -196,13 +195,7 @@ mod tests {
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             // candle's Q4_1 reference needs an even number of blocks per row (debug-asserted).
             for (rows, cols) in [(300, 128), (37, 640)] {
-                let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
-                let q = QTensor::quantize(&src, kind).unwrap();
-                let bytes = q.data().unwrap().to_vec();
-                let block_kind = BlockType::from_ggml(kind).unwrap();
-                let w =
-                    BlockMatrix::new(block_kind, rows, cols, BlockBytes::Owned(Arc::new(bytes)))
-                        .unwrap();
+                let (q, w) = quantized(kind, rows, cols);
                 let candle = QMatMul::from_qtensor(q).unwrap();
                 for inputs in [1, 3, 9] {
                     // A wide range of magnitudes, and an all-zero block (scale 0).
@@ -237,11 +230,8 @@ mod tests {
         }
         let (rows, cols) = (5, 608); // 19 blocks
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
-            let bytes = QTensor::quantize(&src, kind).unwrap().data().unwrap().to_vec();
-            let block_kind = BlockType::from_ggml(kind).unwrap();
-            let w = BlockMatrix::new(block_kind, rows, cols, BlockBytes::Owned(Arc::new(bytes)))
-                .unwrap();
+            let (_, w) = quantized(kind, rows, cols);
+            let block_kind = w.kind;
             let x: Vec<f32> =
                 Tensor::randn(0f32, 2.0, cols, &Device::Cpu).unwrap().to_vec1().unwrap();
             let q = Q8Rows::quantize(&x, 1, cols);

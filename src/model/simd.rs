@@ -395,10 +395,9 @@ unsafe fn tile<const V: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::blocks::BlockBytes;
-    use candle_core::quantized::{GgmlDType, QTensor};
-    use candle_core::{Device, Tensor};
-    use std::sync::Arc;
+    use crate::model::blocks::quantized;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
 
     #[test]
     fn dequantized_rows_are_bit_identical_to_the_scalar_code() {
@@ -410,10 +409,8 @@ mod tests {
             [(GgmlDType::Q4_0, Q4_0), (GgmlDType::Q4_1, Q4_1), (GgmlDType::Q8_0, Q8_0)]
         {
             let (rows, cols) = (7, 608);
-            let src = Tensor::randn(0f32, 1.0, (rows, cols), &Device::Cpu).unwrap();
-            let bytes = QTensor::quantize(&src, kind).unwrap().data().unwrap().to_vec();
-            let kind = BlockType::from_ggml(kind).unwrap();
-            let m = BlockMatrix::new(kind, rows, cols, BlockBytes::Owned(Arc::new(bytes))).unwrap();
+            let (_, m) = quantized(kind, rows, cols);
+            let kind = m.kind;
             let scalar: Vec<f32> =
                 m.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
             let mut scales = RowScales::new(cols / BLOCK);
