@@ -26,11 +26,11 @@ pub const BLOCK: usize = 32;
 /// The block encodings lmscope multiplies directly. Other GGUF types are dequantized on load.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BlockType {
-    /// {f16 d, u8 qs[16]}: w = d * (q - 8), q a 4-bit nibble.
+    /// `{f16 d, u8 qs[16]}`: w = d * (q - 8), q a 4-bit nibble.
     Q4_0,
-    /// {f16 d, f16 m, u8 qs[16]}: w = d * q + m.
+    /// `{f16 d, f16 m, u8 qs[16]}`: w = d * q + m.
     Q4_1,
-    /// {f16 d, i8 qs[32]}: w = d * q.
+    /// `{f16 d, i8 qs[32]}`: w = d * q.
     Q8_0,
 }
 
@@ -409,7 +409,7 @@ fn lane_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     sums
 }
 
-/// Computes out[(j - first) * m + i] = W[j] · x[i] for the rows j this slice covers.
+/// Computes `out[(j - first) * m + i] = W[j] · x[i]` for the rows j this slice covers.
 fn dot_rows(w: &BlockMatrix, x: &[f32], xs: &[f32], m: usize, first: usize, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     {

@@ -9,7 +9,7 @@
 //! * [`panel_rows`], for many input rows (long prompts): a panel of [`NR`] = 6 weight rows is
 //!   dequantized bit for bit into a small buffer, then multiplied with 32 input rows at a time by
 //!   a register-blocked kernel: for each k, each weight (broadcast) times the 32 inputs' values
-//!   (two registers, from the inputs transposed once per product by [`pack_inputs`]) is added to
+//!   (two registers, from the inputs transposed once per product into [`Packed`]) is added to
 //!   6 x 32 results held in 12 registers: one fused multiply-add per weight and input, and the
 //!   dequantization is paid once per panel, not once per input row.
 
@@ -241,8 +241,8 @@ unsafe fn dot_rows_k<const K: u8, const M: usize>(
 #[repr(C, align(64))]
 struct Line([f32; 16]);
 
-/// The inputs transposed for [`panel_rows`], in groups of MR rows, 64-byte aligned:
-/// `at((g * k + kk) * MR + i)` = x[g * MR + i][kk], zeros past row m.
+/// The inputs transposed for [`panel_rows`], in groups of MR rows, 64-byte aligned: value
+/// `(g * k + kk) * MR + i` of the buffer is `x[g * MR + i][kk]` (zeros past row m).
 pub struct Packed {
     lines: Vec<Line>,
     m: usize,

@@ -40,10 +40,10 @@ pub struct Ranked {
     /// The exact bytes of the token.
     pub bytes: Vec<u8>,
     pub logit: f32,
-    /// softmax(logits)[id], computed over the whole vocabulary in f64.
+    /// `softmax(logits)[id]`, computed over the whole vocabulary in f64.
     pub prob: f64,
     pub logprob: f64,
-    /// softmax(logits / T)[id], with --temperature T.
+    /// `softmax(logits / T)[id]`, with --temperature T.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prob_at_temperature: Option<f64>,
 }

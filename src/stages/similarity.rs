@@ -11,7 +11,7 @@ pub struct SimilarityReport {
     pub words: Vec<WordLookup>,
     /// Every unordered pair, in input order.
     pub pairs: Vec<Pair>,
-    /// matrix[i][j] = cosine(words[i], words[j]).
+    /// `matrix[i][j] = cosine(words[i], words[j])`.
     pub matrix: Vec<Vec<f64>>,
 }
 
