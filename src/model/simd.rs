@@ -288,13 +288,16 @@ pub struct Columns<'a> {
 unsafe impl Send for Columns<'_> {}
 
 impl Columns<'_> {
-    /// out[i][first + c] = v
+    /// out[i][first + c..first + c + values.len()] = values
     #[inline(always)]
-    fn set(&mut self, i: usize, c: usize, v: f32) {
-        assert!(i < self.m && c < self.len);
+    fn set_run(&mut self, i: usize, c: usize, values: &[f32]) {
+        assert!(i < self.m && c + values.len() <= self.len);
         // SAFETY: in bounds of the (m, n) matrix (checked above and in column_windows), and in
         // this window's columns, which no other window writes.
-        unsafe { *self.ptr.add(i * self.n + self.first + c) = v };
+        unsafe {
+            let dst = self.ptr.add(i * self.n + self.first + c);
+            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len());
+        }
     }
 }
 
@@ -357,13 +360,16 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
             let rows = MR.min(out.m - g * MR);
             // acc[r] holds W[j0 + r] . x[32g..32g + 32]: a piece of a column of the output.
             let acc = if rows > 16 { tile::<2>(wp, xp, k) } else { tile::<1>(wp, xp, k) };
-            let mut column = [0f32; MR];
-            for (r, a) in acc.iter().enumerate().take(nr) {
+            let mut columns = [[0f32; MR]; NR];
+            for (column, a) in columns.iter_mut().zip(&acc) {
                 _mm512_storeu_ps(column.as_mut_ptr(), a[0]);
                 _mm512_storeu_ps(column.as_mut_ptr().add(16), a[1]);
-                for (i, &v) in column.iter().enumerate().take(rows) {
-                    out.set(g * MR + i, p0 + r, v);
-                }
+            }
+            // Written row by row: each input's nr results are neighbours in the output (one
+            // short run per row instead of nr scattered writes).
+            for i in 0..rows {
+                let run: [f32; NR] = std::array::from_fn(|r| columns[r][i]);
+                out.set_run(g * MR + i, p0, &run[..nr]);
             }
         }
     }
