@@ -367,6 +367,7 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
             }
             // Written row by row: each input's nr results are neighbours in the output (one
             // short run per row instead of nr scattered writes).
+            #[allow(clippy::needless_range_loop)] // i indexes the second dimension of columns
             for i in 0..rows {
                 let run: [f32; NR] = std::array::from_fn(|r| columns[r][i]);
                 out.set_run(g * MR + i, p0, &run[..nr]);
