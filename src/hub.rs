@@ -296,7 +296,8 @@ fn link_to_blob(pointer: &Path, blob: &Path, file: &str) -> Result<()> {
         return Ok(());
     }
     let _ = std::fs::remove_file(pointer); // a dangling link from an older run
-                                           // snapshots/<commit>/<a/b/file> -> ../../(../)blobs/<etag>
+
+    // snapshots/<commit>/<a/b/file> -> ../../(../)blobs/<etag>
     let depth = 2 + file.matches('/').count();
     let target =
         PathBuf::from("../".repeat(depth)).join("blobs").join(blob.file_name().unwrap_or_default());

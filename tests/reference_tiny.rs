@@ -99,7 +99,8 @@ fn kv_cache_logits_equal_full_pass_logits() {
     let m = load(&tiny_dir(), DType::F32);
     let ids = m.tokenizer.encode_ids("Hello, world! 123 The capital of Finland is").unwrap();
     let full = m.model.logits(&ids).unwrap().squeeze(0).unwrap(); // (n, v)
-                                                                  // Prefill 3 tokens, then one token at a time.
+
+    // Prefill 3 tokens, then one token at a time.
     let mut cache = KvCache::new();
     let mut rows = vec![m
         .model

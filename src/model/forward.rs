@@ -124,12 +124,22 @@ impl Llama {
         cache: Option<&mut KvCache>,
         capture: Option<&mut Capture>,
     ) -> Result<Tensor> {
+        self.run(ids, cache, capture, Logits::All)
+    }
+
+    /// A timed forward pass (the `forward` span of `--timings`), on one of rayon's threads: a
+    /// parallel product started from there shares its work with the other threads directly,
+    /// while one started from any other thread is handed over to the pool and waited for (a
+    /// wake-up and a context switch for each of the ~200 products of a token).
+    fn run(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        capture: Option<&mut Capture>,
+        logits_for: Logits,
+    ) -> Result<Tensor> {
         let _t = crate::timings::span("forward");
-        // The whole pass runs on one of rayon's threads: a parallel product started from there
-        // shares its work with the other threads directly, while one started from any other
-        // thread is handed over to the pool and waited for (a wake-up and a context switch for
-        // each of the ~200 products of a token).
-        rayon::scope(|_| self.forward_in_pool(ids, cache, capture, Logits::All))
+        rayon::scope(|_| self.forward_in_pool(ids, cache, capture, logits_for))
     }
 
     fn forward_in_pool(
@@ -160,7 +170,8 @@ impl Llama {
 
         // position_embeddings = self.rotary_emb(hidden_states, position_ids)
         let (cos, sin) = self.rope.at(offset, t, self.dtype)?; // (t, d/2) each
-                                                               // causal_mask: only for more than one query, as transformers skips it for one token
+
+        // causal_mask: only for more than one query, as transformers skips it for one token
         let mask = (t > 1).then(|| causal_mask(t, offset, &self.device)).transpose()?; // (t, s)
         let mask = mask.map(|m| m.to_dtype(self.dtype)).transpose()?;
 
@@ -213,16 +224,21 @@ impl Llama {
         let eps = self.cfg.rms_norm_eps;
         // hidden_states = self.input_layernorm(hidden_states)
         let h = rms_norm(x, &layer.input_layernorm, eps)?; // (b, t, c)
-                                                           // hidden_states, attn_weights = self.self_attn(...)
+
+        // hidden_states, attn_weights = self.self_attn(...)
         let (attn, probs) = self.attention(layer, &h, cos, sin, mask, cache)?; // (b, t, c)
-                                                                               // hidden_states = residual + hidden_states
+
+        // hidden_states = residual + hidden_states
         let x = (x + attn)?; // (b, t, c)
-                             // hidden_states = self.post_attention_layernorm(hidden_states)
+
+        // hidden_states = self.post_attention_layernorm(hidden_states)
         let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?; // (b, t, c)
-                                                                     // SwiGLU: down_proj(act_fn(gate_proj(x)) * up_proj(x))
+
+        // SwiGLU: down_proj(act_fn(gate_proj(x)) * up_proj(x))
         let [gate, up] = products(&[&layer.gate_proj, &layer.up_proj], &h)?; // (b, t, f) each
         let mlp = layer.down_proj.forward(&(silu(&gate)? * up)?)?; // (b, t, c)
-                                                                   // hidden_states = residual + hidden_states
+
+        // hidden_states = residual + hidden_states
         Ok(((x + mlp)?, probs))
     }
 
@@ -274,10 +290,8 @@ impl Llama {
     /// Only the last position goes through lm_head (transformers' generate does the same with
     /// `logits_to_keep=1`); the other positions' logits are never looked at.
     pub fn next_logits(&self, ids: &[u32], cache: &mut KvCache) -> Result<Tensor> {
-        let _t = crate::timings::span("forward");
         let input = Tensor::new(ids, &self.device)?.unsqueeze(0)?; // (1, t)
-        let logits =
-            rayon::scope(|_| self.forward_in_pool(&input, Some(cache), None, Logits::Last))?;
+        let logits = self.run(&input, Some(cache), None, Logits::Last)?; // (1, 1, v)
         Ok(logits.squeeze(0)?.squeeze(0)?) // (v)
     }
 

@@ -132,7 +132,8 @@ pub fn attention(
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
     let q = q.contiguous()?.reshape((b, kv, groups * t, d))?; // (b, kv, groups*t, d)
-                                                              // attn_weights = q @ k^T * scaling + causal_mask
+
+    // attn_weights = q @ k^T * scaling + causal_mask
     let scale = 1.0 / (d as f64).sqrt();
     let scores = (matmul(&q, &k.t()?)? * scale)?.reshape((b, h, t, s))?; // (b, h, t, s)
     let scores = match mask {
@@ -141,7 +142,8 @@ pub fn attention(
     };
     // attn_weights = softmax(attn_weights, dim=-1, dtype=float32)
     let probs = softmax_last_dim(&scores)?; // (b, h, t, s)
-                                            // attn_output = attn_weights @ v
+
+    // attn_output = attn_weights @ v
     let out = matmul(&probs.reshape((b, kv, groups * t, s))?, v)?; // (b, kv, groups*t, d)
     Ok((out.reshape((b, h, t, d))?, probs))
 }
