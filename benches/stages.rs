@@ -55,6 +55,9 @@ fn stages(c: &mut Criterion) {
         g.bench_function(format!("forward 128 tokens ({name})"), |b| {
             b.iter(|| m.model.logits(black_box(&long)).unwrap())
         });
+        g.bench_function(format!("prefill 128 tokens, next-token logits ({name})"), |b| {
+            b.iter(|| m.model.next_logits(black_box(&long), &mut KvCache::new()).unwrap())
+        });
         g.bench_function(format!("decode step after 5 tokens ({name})"), |b| {
             b.iter_batched(
                 || {

@@ -268,6 +268,28 @@ fn products(
 #[cfg(target_arch = "x86_64")]
 fn panel_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     use super::simd::{column_windows, panel_rows, Packed, NR};
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if super::amx::available() {
+        return amx_products(ws, x, m);
+    }
+    let k = x.len() / m;
+    let packed = Packed::new(x, m, k); // once for all the matrices
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
+    let tasks = 4 * rayon::current_num_threads();
+    let mut windows = Vec::new();
+    for (w, out) in ws.iter().zip(&mut outs) {
+        let width = w.rows.div_ceil(tasks).next_multiple_of(NR).max(NR);
+        windows.extend(column_windows(out, m, w.rows, width).into_iter().map(|c| (*w, c)));
+    }
+    windows.into_par_iter().for_each(|(w, mut window)| panel_rows(w, &packed, &mut window));
+    outs
+}
+
+/// `panel_products` on AMX (see `amx.rs`): the same windows, 32 weight rows at a time.
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+fn amx_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    use super::amx::{panel_rows, Packed, NR};
+    use super::simd::column_windows;
     let k = x.len() / m;
     let packed = Packed::new(x, m, k); // once for all the matrices
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();

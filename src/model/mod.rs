@@ -1,5 +1,7 @@
 //! The model: its weights, the operations it is made of, and the forward pass.
 
+#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+pub mod amx;
 pub mod blocks;
 pub mod forward;
 #[cfg(target_arch = "x86_64")]

@@ -35,7 +35,7 @@ pub(super) const Q4_0: u8 = 0;
 pub(super) const Q4_1: u8 = 1;
 pub(super) const Q8_0: u8 = 2;
 
-fn kind_id(kind: BlockType) -> u8 {
+pub(super) fn kind_id(kind: BlockType) -> u8 {
     match kind {
         BlockType::Q4_0 => Q4_0,
         BlockType::Q4_1 => Q4_1,
@@ -123,7 +123,7 @@ impl RowScales {
 /// Dequantizes row `row` of `w` into `out` (cols values) exactly as the scalar code does:
 /// a multiply, then an add (never fused), so the values are bit-identical.
 #[inline(always)]
-unsafe fn dequantize_row<const K: u8>(
+pub(super) unsafe fn dequantize_row<const K: u8>(
     w: &BlockMatrix,
     row: usize,
     scales: &mut RowScales,
@@ -288,9 +288,43 @@ pub struct Columns<'a> {
 unsafe impl Send for Columns<'_> {}
 
 impl Columns<'_> {
+    /// m: the output's rows (one per input).
+    pub(super) fn rows(&self) -> usize {
+        self.m
+    }
+
+    /// n: the output's columns (one per weight row), of which this window covers some.
+    pub(super) fn matrix_columns(&self) -> usize {
+        self.n
+    }
+
+    /// The window's columns: (first, width).
+    pub(super) fn window(&self) -> (usize, usize) {
+        (self.first, self.len)
+    }
+
+    /// out[i][first + c..first + c + len] = the first len (at most 32) of the values in a, b.
+    #[inline(always)]
+    pub(super) unsafe fn store_run32(
+        &mut self,
+        i: usize,
+        c: usize,
+        a: __m512,
+        b: __m512,
+        len: usize,
+    ) {
+        assert!(i < self.m && len <= 32 && c + len <= self.len);
+        let mask = |n: usize| if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+        // SAFETY: the lanes written are in bounds of the (m, n) matrix and in this window's
+        // columns (checked above); masked-off lanes touch no memory.
+        let dst = self.ptr.add(i * self.n + self.first + c);
+        _mm512_mask_storeu_ps(dst, mask(len), a);
+        _mm512_mask_storeu_ps(dst.wrapping_add(16), mask(len.saturating_sub(16)), b);
+    }
+
     /// out[i][first + c..first + c + values.len()] = values
     #[inline(always)]
-    fn set_run(&mut self, i: usize, c: usize, values: &[f32]) {
+    pub(super) fn set_run(&mut self, i: usize, c: usize, values: &[f32]) {
         assert!(i < self.m && c + values.len() <= self.len);
         // SAFETY: in bounds of the (m, n) matrix (checked above and in column_windows), and in
         // this window's columns, which no other window writes.

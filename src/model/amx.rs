@@ -1,0 +1,517 @@
+//! The long-prompt product on Intel AMX (Sapphire Rapids and later), still the exact path.
+//!
+//! AMX multiplies bf16 tiles (16 x 32 values, 8 significant bits each) and adds the products in
+//! f32, 16 x 16 x 32 multiply-adds per instruction: about 15 times the f32 throughput of AVX-512
+//! on this kind of CPU. lmscope keeps f32 precision by splitting every f32 `v` into three bf16
+//! parts, `v = hi + mid + lo`, *exactly* (hi is v rounded to 8 bits, mid the remainder rounded
+//! to 8 bits, lo what is left, at most 8 bits). Then
+//!
+//! ```text
+//! w . x = (w_hi + w_mid + w_lo) . (x_hi + x_mid + x_lo)
+//!       ~ w_hi.x_hi + w_hi.x_mid + w_hi.x_lo + w_mid.x_hi + w_mid.x_mid + w_lo.x_hi
+//! ```
+//!
+//! Each product of two bf16 values is exact in f32; |mid| <= 2^-8 |v| and |lo| <= 2^-16 |v|, so
+//! the three dropped products add up to at most about 2^-23 of |w x|, f32's own rounding of one
+//! product (2^-24) twice: the result is an f32 dot product of the
+//! dequantized (bit-identical) weights with the f32 inputs, summed in another order (six times as
+//! many terms, all added in f32). Six bf16 products per f32 product still leave AMX about two and a
+//! half times AVX-512's f32 peak. One caveat: AMX treats values below 2^-126 as zero, so the lo
+//! part of an input smaller than about 2^-110 is lost (RMS-normed activations are nowhere near).
+//!
+//! Layout: the weights are the A operand (16 weight rows x 32 columns per tile, row-major, as
+//! dequantized) and the inputs the B operand (16 pairs of columns x 16 inputs, "VNNI" pairs, see
+//! [`Packed`]), so C (16 weight rows x 16 inputs) is a piece of the transposed output. One step
+//! holds 2 x 2 C tiles (32 weight rows x 32 inputs) in four of the eight tile registers.
+
+use super::blocks::{BlockMatrix, BLOCK};
+use super::simd::{self, Columns, RowScales, Q4_0, Q4_1, Q8_0};
+use rayon::prelude::*;
+use std::arch::asm;
+use std::arch::x86_64::*;
+use std::sync::OnceLock;
+
+/// bf16 parts each f32 is split into.
+const PARTS: usize = 3;
+/// Weight rows per step: two tiles of 16.
+pub const NR: usize = 32;
+/// Inputs per step: two tiles of 16.
+const MR: usize = 32;
+/// Bytes of one tile: 16 rows of 64 bytes.
+const TILE_BYTES: usize = 1024;
+/// Tiles per block of 32 columns, for one side of a step: PARTS parts x 2 tiles.
+const STEP_TILES: usize = PARTS * 2;
+
+/// Whether the AMX kernel runs here: a CPU with AMX-TILE and AMX-BF16 (and the AVX-512 that
+/// packs for it), a kernel that lets this process use the tile registers, and no
+/// `LMSCOPE_NO_AMX` in the environment (to compare with the AVX-512 kernel).
+pub fn available() -> bool {
+    static AVAILABLE: OnceLock<bool> = OnceLock::new();
+    *AVAILABLE.get_or_init(|| {
+        std::env::var_os("LMSCOPE_NO_AMX").is_none()
+            && simd::available()
+            && is_x86_feature_detected!("avx512bf16")
+            && cpu_has_amx()
+            && request_permission()
+    })
+}
+
+fn cpu_has_amx() -> bool {
+    // CPUID leaf 7, sub-leaf 0, EDX: bit 22 is AMX-BF16, bit 24 AMX-TILE.
+    let max_leaf = __cpuid(0).eax;
+    let edx = if max_leaf >= 7 { __cpuid_count(7, 0).edx } else { 0 };
+    edx & (1 << 22) != 0 && edx & (1 << 24) != 0
+}
+
+/// Linux hands out the tile registers' 8 KiB of state only to processes that ask (once, for all
+/// their threads).
+fn request_permission() -> bool {
+    const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
+    const XFEATURE_XTILEDATA: libc::c_long = 18;
+    // SAFETY: a request about this process's permissions; no memory is passed.
+    unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0 }
+}
+
+/// One tile's bytes: 16 rows of 64, 64-byte aligned.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Tile([u8; TILE_BYTES]);
+
+const ZERO_TILE: Tile = Tile([0; TILE_BYTES]);
+
+/// The tile registers configured for this kernel (all eight 16 rows x 64 bytes) on this thread,
+/// released again when dropped.
+struct TileRegisters;
+
+impl TileRegisters {
+    /// # Safety
+    /// [`available`] must have returned true.
+    unsafe fn configure() -> Self {
+        #[repr(C, align(64))]
+        struct Config {
+            palette: u8,
+            start_row: u8,
+            reserved: [u8; 14],
+            bytes_per_row: [u16; 16],
+            rows: [u8; 16],
+        }
+        let mut config = Config {
+            palette: 1,
+            start_row: 0,
+            reserved: [0; 14],
+            bytes_per_row: [0; 16],
+            rows: [0; 16],
+        };
+        config.bytes_per_row[..8].fill(64);
+        config.rows[..8].fill(16);
+        // SAFETY: the CPU has AMX and the process may use it (the caller's promise); the
+        // configuration is 64 valid bytes.
+        unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
+        TileRegisters
+    }
+}
+
+impl Drop for TileRegisters {
+    fn drop(&mut self) {
+        // SAFETY: only made by configure(), so AMX is usable here.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// Splits 32 f32 values (`a` the first 16, `b` the next) into three bf16 parts, each 32 values
+/// in order in one register, with hi + mid + lo = v exactly: hi is v rounded to bf16 (to
+/// nearest, ties to even), mid the remainder rounded, lo what is left (at most 8 bits). Values
+/// too large to round without reaching infinity are cut to bf16 instead, so they split exactly
+/// too.
+#[inline(always)]
+unsafe fn split(a: __m512, b: __m512) -> [__m512i; PARTS] {
+    let hi = bf16(below_bf16_max(a), below_bf16_max(b));
+    let (hi_a, hi_b) = widen(hi);
+    let (rest_a, rest_b) = (_mm512_sub_ps(a, hi_a), _mm512_sub_ps(b, hi_b)); // exact
+    let mid = bf16(rest_a, rest_b);
+    let (mid_a, mid_b) = widen(mid);
+    let lo = bf16(_mm512_sub_ps(rest_a, mid_a), _mm512_sub_ps(rest_b, mid_b)); // exact
+    [hi, mid, lo]
+}
+
+/// v, with the values that round to infinity in bf16 cut to bf16 (their low 16 bits cleared).
+#[inline(always)]
+unsafe fn below_bf16_max(v: __m512) -> __m512 {
+    let bits = _mm512_castps_si512(v);
+    let magnitude = _mm512_and_si512(bits, _mm512_set1_epi32(0x7FFF_FFFF));
+    let huge = _mm512_cmpge_epu32_mask(magnitude, _mm512_set1_epi32(0x7F7F_8000));
+    let cut = _mm512_mask_and_epi32(bits, huge, bits, _mm512_set1_epi32(0xFFFF_0000_u32 as i32));
+    _mm512_castsi512_ps(cut)
+}
+
+/// 32 f32 values rounded to bf16 (to nearest, ties to even), in order.
+#[inline(always)]
+unsafe fn bf16(a: __m512, b: __m512) -> __m512i {
+    std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a))
+}
+
+/// 32 bf16 values back as f32, 16 and 16 (exact).
+#[inline(always)]
+unsafe fn widen(v: __m512i) -> (__m512, __m512) {
+    let a = _mm512_cvtepu16_epi32(_mm512_castsi512_si256(v));
+    let b = _mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(v, 1));
+    (_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)))
+}
+
+/// The inputs split into bf16 parts in AMX's B layout, in groups of [`MR`] inputs (zeros past
+/// the last): for group g, block kc of 32 columns, part p and half t of the group, tile
+/// `((g * blocks + kc) * PARTS + p) * 2 + t` has in row r the pairs
+/// `(x[i][32kc + 2r], x[i][32kc + 2r + 1])` of inputs `i = 32g + 16t + 0..16`.
+pub struct Packed {
+    tiles: Vec<Tile>,
+    m: usize,
+    k: usize,
+}
+
+impl Packed {
+    pub fn new(x: &[f32], m: usize, k: usize) -> Self {
+        assert!(available() && k.is_multiple_of(BLOCK) && x.len() == m * k);
+        let group_tiles = k / BLOCK * STEP_TILES;
+        let mut tiles = vec![ZERO_TILE; m.div_ceil(MR) * group_tiles];
+        tiles.par_chunks_mut(group_tiles).enumerate().for_each(|(g, group)| {
+            for t in 0..2 {
+                let first = (g * MR + 16 * t).min(m);
+                let inputs = &x[first * k..(first + 16).min(m) * k];
+                // SAFETY: the CPU has AVX-512 and its BF16 extension (asserted above).
+                unsafe { pack_inputs(inputs, k, t, group) };
+            }
+        });
+        Packed { tiles, m, k }
+    }
+
+    fn group(&self, g: usize) -> *const u8 {
+        let group_tiles = self.k / BLOCK * STEP_TILES;
+        self.tiles[g * group_tiles..(g + 1) * group_tiles].as_ptr() as *const u8
+    }
+}
+
+/// Writes up to 16 inputs (`x`, rows of k values; zeros for the missing ones) as half t of a
+/// group's tiles: block by block, each input's 16 pairs per part, transposed so that tile row r
+/// holds pair r of every input.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_inputs(x: &[f32], k: usize, t: usize, group: &mut [Tile]) {
+    let inputs = x.len() / k;
+    assert!(inputs <= 16 && group.len() == k / BLOCK * STEP_TILES);
+    let mut parts = [[_mm512_setzero_si512(); 16]; PARTS];
+    for kc in 0..k / BLOCK {
+        #[allow(clippy::needless_range_loop)] // i indexes the second dimension of parts
+        for i in 0..inputs {
+            let values = x.as_ptr().add(i * k + kc * BLOCK);
+            let split = split(_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)));
+            for p in 0..PARTS {
+                parts[p][i] = split[p];
+            }
+        }
+        for (p, part) in parts.iter().enumerate() {
+            let tile = group[(kc * PARTS + p) * 2 + t].0.as_mut_ptr() as *mut __m512i;
+            for (r, line) in transpose(part).into_iter().enumerate() {
+                _mm512_store_si512(tile.add(r), line);
+            }
+        }
+    }
+}
+
+/// The transpose of a 16 x 16 matrix of 32-bit values held as 16 rows.
+#[inline(always)]
+unsafe fn transpose(rows: &[__m512i; 16]) -> [__m512i; 16] {
+    // 32-bit, then 64-bit interleaves within each 128-bit lane L: afterwards lane L of
+    // quads[4q + c] holds column 4L + c of rows 4q..4q + 4.
+    let pairs: [__m512i; 16] = std::array::from_fn(|i| {
+        let (a, b) = (rows[i & !1], rows[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_epi32(a, b)
+        } else {
+            _mm512_unpackhi_epi32(a, b)
+        }
+    });
+    let quads: [__m512i; 16] = std::array::from_fn(|i| {
+        let (q, c) = (i / 4, i % 4);
+        let (a, b) = (pairs[4 * q + c / 2], pairs[4 * q + c / 2 + 2]);
+        if c % 2 == 0 {
+            _mm512_unpacklo_epi64(a, b)
+        } else {
+            _mm512_unpackhi_epi64(a, b)
+        }
+    });
+    // Then gather the lanes: column 4L + c is lane L of quads[c], quads[4 + c], quads[8 + c],
+    // quads[12 + c].
+    let mut out = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let even_lanes_01 = _mm512_shuffle_i32x4::<0x88>(quads[c], quads[4 + c]);
+        let odd_lanes_01 = _mm512_shuffle_i32x4::<0xDD>(quads[c], quads[4 + c]);
+        let even_lanes_23 = _mm512_shuffle_i32x4::<0x88>(quads[8 + c], quads[12 + c]);
+        let odd_lanes_23 = _mm512_shuffle_i32x4::<0xDD>(quads[8 + c], quads[12 + c]);
+        out[c] = _mm512_shuffle_i32x4::<0x88>(even_lanes_01, even_lanes_23);
+        out[8 + c] = _mm512_shuffle_i32x4::<0xDD>(even_lanes_01, even_lanes_23);
+        out[4 + c] = _mm512_shuffle_i32x4::<0x88>(odd_lanes_01, odd_lanes_23);
+        out[12 + c] = _mm512_shuffle_i32x4::<0xDD>(odd_lanes_01, odd_lanes_23);
+    }
+    out
+}
+
+/// Writes one dequantized weight row as row `r` (of [`NR`]) of a step's A tiles.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_weights(row: &[f32], r: usize, step: &mut [Tile]) {
+    let (t, line) = (r / 16, (r % 16) * 64);
+    for (kc, values) in row.chunks_exact(BLOCK).enumerate() {
+        let parts =
+            split(_mm512_loadu_ps(values.as_ptr()), _mm512_loadu_ps(values.as_ptr().add(16)));
+        for (p, bits) in parts.into_iter().enumerate() {
+            let tile = step[(kc * PARTS + p) * 2 + t].0.as_mut_ptr().add(line);
+            _mm512_store_si512(tile as *mut __m512i, bits);
+        }
+    }
+}
+
+/// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m
+/// (`packed` holds x). The window's width is best a multiple of [`NR`].
+pub fn panel_rows(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
+    assert!(available(), "the AMX kernel needs AMX");
+    // SAFETY: the CPU has AMX and AVX-512, and the process may use AMX (checked above).
+    unsafe {
+        match simd::kind_id(w.kind) {
+            Q4_0 => panel_rows_k::<Q4_0>(w, packed, out),
+            Q4_1 => panel_rows_k::<Q4_1>(w, packed, out),
+            _ => panel_rows_k::<Q8_0>(w, packed, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16,fma,f16c")]
+unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
+    let (k, m) = (w.cols, out.rows());
+    let blocks = k / BLOCK;
+    assert!(packed.k == k && packed.m == m && out.matrix_columns() == w.rows);
+    let (first, width) = out.window();
+    let data = w.bytes.as_slice();
+    let rb = blocks * w.kind.block_bytes();
+    let mut step = vec![ZERO_TILE; blocks * STEP_TILES]; // NR weight rows, split
+    let mut row = vec![0f32; k];
+    let mut scales = RowScales::new(blocks);
+    let mut c = [[0f32; 256]; 4]; // the four C tiles of a step, stored
+    let rows = _mm512_mullo_epi32(
+        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+        _mm512_set1_epi32(16),
+    );
+    let _registers = TileRegisters::configure();
+    for p0 in (0..width).step_by(NR) {
+        let nr = NR.min(width - p0);
+        super::blocks::prefetch(data, (first + p0 + NR) * rb, NR * rb);
+        for r in 0..NR {
+            if r < nr {
+                simd::dequantize_row::<K>(w, first + p0 + r, &mut scales, &mut row);
+            } else {
+                row.fill(0.0);
+            }
+            pack_weights(&row, r, &mut step);
+        }
+        for g in 0..m.div_ceil(MR) {
+            multiply_step(step.as_ptr() as *const u8, packed.group(g), blocks, &mut c);
+            // c[2 * tw + tx][16 * jj + ii]: weight row 16tw + jj, input 16tx + ii of the step;
+            // an input's 16 weight rows of a tile are a column of it, 16 floats apart.
+            for i in 0..MR.min(m - g * MR) {
+                let column = |tw: usize| c[2 * tw + i / 16].as_ptr().add(i % 16);
+                let first = _mm512_i32gather_ps::<4>(rows, column(0));
+                let second = _mm512_i32gather_ps::<4>(rows, column(1));
+                out.store_run32(g * MR + i, p0, first, second, nr);
+            }
+        }
+    }
+}
+
+/// The 32 x 32 products of one step: `a` the weights' tiles, `b` a group of inputs' tiles, both
+/// `blocks` x [`STEP_TILES`] tiles; the results go to `c` (weight rows x inputs, per tile).
+#[inline(always)]
+unsafe fn multiply_step(a: *const u8, b: *const u8, blocks: usize, c: &mut [[f32; 256]; 4]) {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+    for kc in 0..blocks {
+        let (a, b) = (a.add(kc * STEP_TILES * TILE_BYTES), b.add(kc * STEP_TILES * TILE_BYTES));
+        // Tiles at a: w_hi (rows 0..16, 16..32) at +0, +1024; w_mid at +2048, +3072; w_lo at
+        // +4096, +5120; the same for the inputs at b. tmm0..3 = C for (w rows, inputs) =
+        // (0..16, 0..16), (0..16, 16..32), (16..32, 0..16), (16..32, 16..32).
+        asm!(
+            // w_hi . x_hi
+            "tileloadd tmm4, [{a} + {s}*1]",
+            "tileloadd tmm5, [{a} + {s}*1 + 1024]",
+            "tileloadd tmm6, [{b} + {s}*1]",
+            "tileloadd tmm7, [{b} + {s}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // w_hi . x_mid
+            "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+            "tileloadd tmm7, [{b} + {s}*1 + 3072]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // w_hi . x_lo
+            "tileloadd tmm6, [{b} + {s}*1 + 4096]",
+            "tileloadd tmm7, [{b} + {s}*1 + 5120]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // w_mid . x_hi
+            "tileloadd tmm4, [{a} + {s}*1 + 2048]",
+            "tileloadd tmm5, [{a} + {s}*1 + 3072]",
+            "tileloadd tmm6, [{b} + {s}*1]",
+            "tileloadd tmm7, [{b} + {s}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // w_mid . x_mid
+            "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+            "tileloadd tmm7, [{b} + {s}*1 + 3072]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            // w_lo . x_hi
+            "tileloadd tmm4, [{a} + {s}*1 + 4096]",
+            "tileloadd tmm5, [{a} + {s}*1 + 5120]",
+            "tileloadd tmm6, [{b} + {s}*1]",
+            "tileloadd tmm7, [{b} + {s}*1 + 1024]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "tdpbf16ps tmm2, tmm5, tmm6",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+            a = in(reg) a,
+            b = in(reg) b,
+            s = in(reg) 64usize,
+            options(nostack, readonly),
+        );
+    }
+    asm!(
+        "tilestored [{c} + {s}*1], tmm0",
+        "tilestored [{c} + {s}*1 + 1024], tmm1",
+        "tilestored [{c} + {s}*1 + 2048], tmm2",
+        "tilestored [{c} + {s}*1 + 3072], tmm3",
+        c = in(reg) c.as_mut_ptr(),
+        s = in(reg) 64usize,
+        options(nostack),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::blocks::quantized;
+    use crate::model::simd::column_windows;
+    use candle_core::quantized::GgmlDType;
+    use candle_core::Device;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        // A small xorshift: values over many binades, both signs.
+        let mut s = seed | 1;
+        (0..n)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                let mantissa = (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                let scale = 2f32.powi((s % 24) as i32 - 12);
+                mantissa * scale
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_three_parts_add_up_to_the_value_exactly() {
+        if !available() {
+            eprintln!("no AMX here: the AMX kernel is not used on this machine");
+            return;
+        }
+        let mut x = values(4096, 7);
+        x.extend([f32::MAX, f32::MIN_POSITIVE, -1e-30, 0.0, -0.0, 1.0, 3.0000002, 65504.0]);
+        x.resize(x.len().next_multiple_of(32), 0.5);
+        for chunk in x.chunks_exact(32) {
+            // SAFETY: the CPU has AVX-512 with BF16 (checked above).
+            let parts = unsafe { split_values(chunk) };
+            for (i, &v) in chunk.iter().enumerate() {
+                let f = |b: u16| f32::from_bits((b as u32) << 16) as f64;
+                let sum = f(parts[0][i]) + f(parts[1][i]) + f(parts[2][i]);
+                assert_eq!(sum, v as f64, "{v:e}");
+                // Rounded to nearest, except the few values cut to stay finite.
+                let cut = v.abs() > 3.38e38;
+                let (mid, lo) = if cut { (128.0, 32768.0) } else { (256.0, 65536.0) };
+                assert!(f(parts[1][i]).abs() <= v.abs() as f64 / mid, "{v:e}");
+                assert!(f(parts[2][i]).abs() <= v.abs() as f64 / lo, "{v:e}");
+            }
+        }
+    }
+
+    #[test]
+    fn transpose_of_16_by_16() {
+        if !simd::available() {
+            return;
+        }
+        let m: [[i32; 16]; 16] =
+            std::array::from_fn(|i| std::array::from_fn(|j| (i * 16 + j) as i32));
+        // SAFETY: the CPU has AVX-512 (checked above).
+        let t = unsafe {
+            let rows = m.map(|r| std::mem::transmute::<[i32; 16], __m512i>(r));
+            transpose(&rows).map(|r| std::mem::transmute::<__m512i, [i32; 16]>(r))
+        };
+        for i in 0..16 {
+            for j in 0..16 {
+                assert_eq!(t[j][i], m[i][j], "[{j}][{i}]");
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn split_values(v: &[f32]) -> [[u16; 32]; PARTS] {
+        let parts = split(_mm512_loadu_ps(v.as_ptr()), _mm512_loadu_ps(v.as_ptr().add(16)));
+        parts.map(|p| std::mem::transmute::<__m512i, [u16; 32]>(p))
+    }
+
+    /// The AMX products against f64 sums over the dequantized weights, for every block type, in
+    /// shapes with partial steps (rows and inputs not multiples of 32) and several windows.
+    #[test]
+    fn products_equal_f64_dot_products_within_f32_rounding() {
+        if !available() {
+            eprintln!("no AMX here: the AMX kernel is not used on this machine");
+            return;
+        }
+        for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, k, m) in [(45, 64, 9), (32, 608, 33), (70, 96, 128), (16, 32, 1)] {
+                let (_, w) = quantized(kind, rows, k);
+                let dense: Vec<f32> =
+                    w.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
+                let x = values(m * k, rows as u64 * 31 + k as u64);
+                let packed = Packed::new(&x, m, k);
+                let mut out = vec![f32::NAN; m * rows];
+                for mut window in column_windows(&mut out, m, rows, NR) {
+                    panel_rows(&w, &packed, &mut window);
+                }
+                for i in 0..m {
+                    for j in 0..rows {
+                        let terms = (0..k).map(|c| x[i * k + c] as f64 * dense[j * k + c] as f64);
+                        let (exact, size) =
+                            terms.fold((0.0, 0.0), |(s, a), t: f64| (s + t, a + t.abs()));
+                        let got = out[i * rows + j] as f64;
+                        let allowed = size * 2f64.powi(-24) * 8.0;
+                        assert!(
+                            (got - exact).abs() <= allowed,
+                            "{kind:?} {rows}x{k} m={m} [{i}][{j}]: {got} vs {exact}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
