@@ -29,6 +29,8 @@ use super::simd::{self, Columns, RowScales, Q4_0, Q4_1, Q8_0};
 use rayon::prelude::*;
 use std::arch::asm;
 use std::arch::x86_64::*;
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
 /// bf16 parts each f32 is split into.
@@ -172,8 +174,10 @@ impl Packed {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert!(available() && k.is_multiple_of(BLOCK) && x.len() == m * k);
         let group_tiles = k / BLOCK * STEP_TILES;
-        let mut tiles = vec![ZERO_TILE; m.div_ceil(MR) * group_tiles];
-        tiles.par_chunks_mut(group_tiles).enumerate().for_each(|(g, group)| {
+        let len = m.div_ceil(MR) * group_tiles;
+        let mut tiles = Vec::with_capacity(len);
+        let spare = &mut tiles.spare_capacity_mut()[..len];
+        spare.par_chunks_mut(group_tiles).enumerate().for_each(|(g, group)| {
             for t in 0..2 {
                 let first = (g * MR + 16 * t).min(m);
                 let inputs = &x[first * k..(first + 16).min(m) * k];
@@ -181,6 +185,8 @@ impl Packed {
                 unsafe { pack_inputs(inputs, k, t, group) };
             }
         });
+        // SAFETY: pack_inputs wrote every tile of both halves of every group.
+        unsafe { tiles.set_len(len) };
         Packed { tiles, m, k }
     }
 
@@ -194,7 +200,7 @@ impl Packed {
 /// group's tiles: block by block, each input's 16 pairs per part, transposed so that tile row r
 /// holds pair r of every input.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_inputs(x: &[f32], k: usize, t: usize, group: &mut [Tile]) {
+unsafe fn pack_inputs(x: &[f32], k: usize, t: usize, group: &mut [MaybeUninit<Tile>]) {
     let inputs = x.len() / k;
     assert!(inputs <= 16 && group.len() == k / BLOCK * STEP_TILES);
     let mut parts = [[_mm512_setzero_si512(); 16]; PARTS];
@@ -208,7 +214,7 @@ unsafe fn pack_inputs(x: &[f32], k: usize, t: usize, group: &mut [Tile]) {
             }
         }
         for (p, part) in parts.iter().enumerate() {
-            let tile = group[(kc * PARTS + p) * 2 + t].0.as_mut_ptr() as *mut __m512i;
+            let tile = group[(kc * PARTS + p) * 2 + t].as_mut_ptr() as *mut __m512i;
             for (r, line) in transpose(part).into_iter().enumerate() {
                 _mm512_store_si512(tile.add(r), line);
             }
@@ -290,7 +296,15 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
     let (first, width) = out.window();
     let data = w.bytes.as_slice();
     let rb = blocks * w.kind.block_bytes();
-    let mut step = vec![ZERO_TILE; blocks * STEP_TILES]; // NR weight rows, split
+    // NR weight rows, split: a buffer of this thread's, kept between calls (every tile is
+    // written before it is read).
+    thread_local! {
+        static STEP: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
+    }
+    let mut step = STEP.take();
+    if step.len() < blocks * STEP_TILES {
+        step.resize(blocks * STEP_TILES, ZERO_TILE);
+    }
     let mut row = vec![0f32; k];
     let mut scales = RowScales::new(blocks);
     let mut c = [[0f32; 256]; 4]; // the four C tiles of a step, stored
@@ -322,6 +336,7 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
             }
         }
     }
+    STEP.set(step);
 }
 
 /// The 32 x 32 products of one step: `a` the weights' tiles, `b` a group of inputs' tiles, both
@@ -494,10 +509,12 @@ mod tests {
                     w.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 let x = values(m * k, rows as u64 * 31 + k as u64);
                 let packed = Packed::new(&x, m, k);
-                let mut out = vec![f32::NAN; m * rows];
+                let mut out = vec![MaybeUninit::new(f32::NAN); m * rows];
                 for mut window in column_windows(&mut out, m, rows, NR) {
                     panel_rows(&w, &packed, &mut window);
                 }
+                // SAFETY: initialized above (and then overwritten by the kernel).
+                let out: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
                 for i in 0..m {
                     for j in 0..rows {
                         let terms = (0..k).map(|c| x[i * k + c] as f64 * dense[j * k + c] as f64);

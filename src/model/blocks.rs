@@ -263,43 +263,48 @@ fn products(
         .collect()
 }
 
-/// x @ W_i.T for many input rows, a dequantized panel of rows at a time (AVX-512 only):
-/// (m, rows_i) each, row-major. Each task fills a window of columns of one product.
+/// x @ W_i.T for many input rows, a panel of weight rows at a time: on AMX (`amx.rs`) where the
+/// CPU has it, else dequantized panels on AVX-512 (`simd.rs`). (m, rows_i) each, row-major.
 #[cfg(target_arch = "x86_64")]
 fn panel_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
-    use super::simd::{column_windows, panel_rows, Packed, NR};
+    let k = x.len() / m;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if super::amx::available() {
-        return amx_products(ws, x, m);
+        use super::amx::{panel_rows, Packed, NR};
+        let packed = Packed::new(x, m, k); // once for all the matrices
+        return by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window));
     }
-    let k = x.len() / m;
-    let packed = Packed::new(x, m, k); // once for all the matrices
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
-    let tasks = 4 * rayon::current_num_threads();
-    let mut windows = Vec::new();
-    for (w, out) in ws.iter().zip(&mut outs) {
-        let width = w.rows.div_ceil(tasks).next_multiple_of(NR).max(NR);
-        windows.extend(column_windows(out, m, w.rows, width).into_iter().map(|c| (*w, c)));
-    }
-    windows.into_par_iter().for_each(|(w, mut window)| panel_rows(w, &packed, &mut window));
-    outs
+    use super::simd::{panel_rows, Packed, NR};
+    let packed = Packed::new(x, m, k);
+    by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window))
 }
 
-/// `panel_products` on AMX (see `amx.rs`): the same windows, 32 weight rows at a time.
-#[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
-fn amx_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
-    use super::amx::{panel_rows, Packed, NR};
-    use super::simd::column_windows;
-    let k = x.len() / m;
-    let packed = Packed::new(x, m, k); // once for all the matrices
-    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
+/// Runs `kernel(w, window)` over windows of columns of every product (about four per thread,
+/// each a multiple of `step` wide, all in one parallel region) and returns the products,
+/// (m, rows_i) each, row-major. The kernels write every value, so the outputs start
+/// uninitialized (zeroing them cost about as much as packing the inputs).
+#[cfg(target_arch = "x86_64")]
+fn by_windows(
+    ws: &[&BlockMatrix],
+    m: usize,
+    step: usize,
+    kernel: impl Fn(&BlockMatrix, &mut super::simd::Columns) + Sync,
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.rows)).collect();
     let tasks = 4 * rayon::current_num_threads();
     let mut windows = Vec::new();
     for (w, out) in ws.iter().zip(&mut outs) {
-        let width = w.rows.div_ceil(tasks).next_multiple_of(NR).max(NR);
-        windows.extend(column_windows(out, m, w.rows, width).into_iter().map(|c| (*w, c)));
+        let width = w.rows.div_ceil(tasks).next_multiple_of(step).max(step);
+        let spare = &mut out.spare_capacity_mut()[..m * w.rows];
+        let columns = super::simd::column_windows(spare, m, w.rows, width);
+        windows.extend(columns.into_iter().map(|c| (*w, c)));
     }
-    windows.into_par_iter().for_each(|(w, mut window)| panel_rows(w, &packed, &mut window));
+    windows.into_par_iter().for_each(|(w, mut window)| kernel(w, &mut window));
+    for (w, out) in ws.iter().zip(&mut outs) {
+        // SAFETY: the windows cover every column of every row, and the kernels write each value
+        // of their window (each kernel's tests check all of them).
+        unsafe { out.set_len(m * w.rows) };
+    }
     outs
 }
 

@@ -16,6 +16,7 @@
 use super::blocks::{BlockMatrix, BlockType, BLOCK};
 use rayon::prelude::*;
 use std::arch::x86_64::*;
+use std::mem::MaybeUninit;
 
 /// Weight rows per panel of [`panel_rows`].
 pub const NR: usize = 6;
@@ -281,7 +282,7 @@ pub struct Columns<'a> {
     // Private: a window's columns are fixed by column_windows, so no two windows overlap.
     first: usize,
     len: usize,
-    _out: std::marker::PhantomData<&'a mut [f32]>,
+    _out: std::marker::PhantomData<&'a mut [MaybeUninit<f32>]>,
 }
 
 // SAFETY: a window only writes its own columns, which no other window covers.
@@ -336,9 +337,15 @@ impl Columns<'_> {
 }
 
 /// Splits a row-major (m, n) matrix into windows of `width` columns (the last one narrower).
-pub fn column_windows(out: &mut [f32], m: usize, n: usize, width: usize) -> Vec<Columns<'_>> {
+/// The matrix may be uninitialized memory: the windows only write to it.
+pub fn column_windows(
+    out: &mut [MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    width: usize,
+) -> Vec<Columns<'_>> {
     assert!(out.len() == m * n && width > 0);
-    let ptr = out.as_mut_ptr();
+    let ptr = out.as_mut_ptr() as *mut f32;
     (0..n)
         .step_by(width)
         .map(|first| Columns {
