@@ -52,6 +52,7 @@ fn top10_and_last_position_logits_match_transformers() {
         let reference_last = f32_le_base64(case["last_logits_f32le_b64"].as_str().unwrap());
         let max_diff =
             last.iter().zip(&reference_last).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("{:>3} tokens: max |logit difference| {max_diff:.1e}", expected_ids.len());
         assert!(max_diff <= 1e-3, "{text:?}: max |logit difference| {max_diff} > 1e-3");
 
         let mut order: Vec<usize> = (0..last.len()).collect();

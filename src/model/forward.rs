@@ -10,7 +10,7 @@
 //! Shapes: b = batch, t = new tokens, s = all tokens so far (cache + new), c = hidden size,
 //! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
 
-use super::ops::{attention, causal_mask, rms_norm, rope, silu, RopeTables};
+use super::ops::{attention, causal_mask, rms_norm, rope, silu_mul, RopeTables};
 use super::weights::{LayerWeights, Matrix, Weights};
 use crate::config::Config;
 use anyhow::{ensure, Result};
@@ -236,7 +236,7 @@ impl Llama {
 
         // SwiGLU: down_proj(act_fn(gate_proj(x)) * up_proj(x))
         let [gate, up] = products(&[&layer.gate_proj, &layer.up_proj], &h)?; // (b, t, f) each
-        let mlp = layer.down_proj.forward(&(silu(&gate)? * up)?)?; // (b, t, c)
+        let mlp = layer.down_proj.forward(&silu_mul(&gate, &up)?)?; // (b, t, c)
 
         // hidden_states = residual + hidden_states
         Ok(((x + mlp)?, probs))

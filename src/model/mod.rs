@@ -76,3 +76,18 @@ pub fn load_as(resolved: &Resolved, form: MatrixForm) -> Result<LoadedModel> {
     let model = Llama::new(cfg, weights, dtype, device)?;
     Ok(LoadedModel { model, tokenizer, origin: resolved.origin.clone(), form })
 }
+
+/// The kernels the exact path's block-matrix products use on this CPU: "AMX" (long inputs on
+/// AMX tiles, short ones on AVX-512), "AVX-512", or "portable" (8-lane AVX2 or plain Rust, with
+/// candle's GEMM for long inputs). Their results differ only in the order of f32 additions.
+pub fn matrix_kernels() -> &'static str {
+    #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
+    if amx::available() {
+        return "AMX";
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd::available() {
+        return "AVX-512";
+    }
+    "portable"
+}

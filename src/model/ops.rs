@@ -46,6 +46,49 @@ pub fn silu(x: &Tensor) -> Result<Tensor> {
     candle_nn::ops::silu(x)
 }
 
+/// silu(gate) * up, SwiGLU's gating: `act_fn(gate_proj(x)) * up_proj(x)`. In one pass for f32
+/// (on all threads, with a vectorised exp where the CPU has AVX-512), else as two tensor ops.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if gate.shape() == up.shape() {
+        let fused = with_f32(gate, |g| with_f32(up, |u| silu_mul_values(g, u))).flatten();
+        if let Some(out) = fused {
+            return Tensor::from_vec(out, gate.shape(), gate.device());
+        }
+    }
+    silu(gate)? * up
+}
+
+fn silu_mul_values(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut out = vec![0f32; gate.len()];
+    let chunk = 1 << 14;
+    out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+        let (g, u) = (&gate[c * chunk..][..out.len()], &up[c * chunk..][..out.len()]);
+        #[cfg(target_arch = "x86_64")]
+        if super::simd::available() {
+            return super::simd::silu_mul(g, u, out);
+        }
+        for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+            *o = g / (1.0 + (-g).exp()) * u;
+        }
+    });
+    out
+}
+
+/// Runs `f` on the values of an f32 tensor held contiguously on the CPU (no copy); None for any
+/// other tensor.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}
+
 /// Softmax over the last dimension, in f32 like transformers' attention.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
@@ -131,6 +174,9 @@ pub fn attention(
     let (b, h, t, d) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
+    if q.dtype() == DType::F32 {
+        return attention_f32(q, k, v, mask);
+    }
     let q = q.contiguous()?.reshape((b, kv, groups * t, d))?; // (b, kv, groups*t, d)
 
     // attn_weights = q @ k^T * scaling + causal_mask
@@ -146,6 +192,101 @@ pub fn attention(
     // attn_output = attn_weights @ v
     let out = matmul(&probs.reshape((b, kv, groups * t, s))?, v)?; // (b, kv, groups*t, d)
     Ok((out.reshape((b, h, t, d))?, probs))
+}
+
+/// [`attention`] for f32, written out: for each query head and position, the scores against
+/// every key of its KV head, scaled and masked, softmax, then the probability-weighted sum of the
+/// values; rows in parallel. The same arithmetic as the tensor version (f32 dot products of
+/// head_dim terms, the sum of the softmax in f32), without its reshapes and copies.
+fn attention_f32(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<(Tensor, Tensor)> {
+    use rayon::prelude::*;
+    let (b, h, t, d) = q.dims4()?;
+    let (_, kv, s, _) = k.dims4()?;
+    let groups = h / kv;
+    let scale = (1.0 / (d as f64).sqrt()) as f32;
+    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
+    let mut probs = vec![0f32; b * h * t * s];
+    let mut out = vec![0f32; b * h * t * d];
+    let missing = || candle_core::Error::Msg("attention needs f32 tensors on the CPU".into());
+    with_f32(&q, |q| {
+        with_f32(&k, |k| {
+            with_f32(&v, |v| {
+                let mask = match &mask {
+                    Some(m) => Some(with_f32(m, |m| m.to_vec()).ok_or_else(missing)?),
+                    None => None,
+                };
+                let rows = probs.par_chunks_mut(s).zip(out.par_chunks_mut(d));
+                rows.enumerate().with_min_len(16).for_each(|(row, (p, o))| {
+                    // row = (bi * h + head) * t + i
+                    let (bh, i) = (row / t, row % t);
+                    let (bi, head) = (bh / h, bh % h);
+                    let query = &q[row * d..(row + 1) * d];
+                    let kv_at = (bi * kv + head / groups) * s * d;
+                    let (keys, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
+                    let mask_row = mask.as_ref().map(|m| &m[i * s..(i + 1) * s]);
+                    for (j, pj) in p.iter_mut().enumerate() {
+                        let m = mask_row.map_or(0.0, |m| m[j]);
+                        *pj = if m == f32::NEG_INFINITY {
+                            m
+                        } else {
+                            dot(query, &keys[j * d..(j + 1) * d]) * scale + m
+                        };
+                    }
+                    softmax_in_place(p);
+                    for (j, &pj) in p.iter().enumerate() {
+                        if pj != 0.0 {
+                            for (oe, &ve) in o.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+                                *oe += pj * ve;
+                            }
+                        }
+                    }
+                });
+                Ok::<(), candle_core::Error>(())
+            })
+        })
+    })
+    .flatten()
+    .flatten()
+    .ok_or_else(missing)??;
+    let device = q.device();
+    Ok((
+        Tensor::from_vec(out, (b, h, t, d), device)?,
+        Tensor::from_vec(probs, (b, h, t, s), device)?,
+    ))
+}
+
+/// a . b in f32, in 16 running sums (which the compiler turns into vector registers).
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
+    for (x, y) in ca.zip(cb) {
+        for l in 0..16 {
+            sums[l] += x[l] * y[l];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+/// row = softmax(row), -inf entries giving 0.
+fn softmax_in_place(row: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::simd::available() {
+        return super::simd::softmax(row);
+    }
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    row.iter_mut().for_each(|v| *v /= sum);
 }
 
 /// Repeats each key/value head `groups` times so grouped-query attention can use one matmul per
