@@ -209,13 +209,16 @@ fn attention_f32(
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+    let (q, v) = (q.contiguous()?, v.contiguous()?);
+    // Each KV head's keys transposed, (d, s): a query's scores are then sums of whole rows of
+    // keys scaled by its values, s at a time, instead of s short dot products.
+    let keys_t = k.transpose(2, 3)?.contiguous()?; // (b, kv, d, s)
     let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
     let mut probs = vec![0f32; b * h * t * s];
     let mut out = vec![0f32; b * h * t * d];
     let missing = || candle_core::Error::Msg("attention needs f32 tensors on the CPU".into());
     with_f32(&q, |q| {
-        with_f32(&k, |k| {
+        with_f32(&keys_t, |k| {
             with_f32(&v, |v| {
                 let mask = match &mask {
                     Some(m) => Some(with_f32(m, |m| m.to_vec()).ok_or_else(missing)?),
@@ -228,24 +231,14 @@ fn attention_f32(
                     let (bi, head) = (bh / h, bh % h);
                     let query = &q[row * d..(row + 1) * d];
                     let kv_at = (bi * kv + head / groups) * s * d;
-                    let (keys, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
+                    let (keys_t, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
                     let mask_row = mask.as_ref().map(|m| &m[i * s..(i + 1) * s]);
-                    for (j, pj) in p.iter_mut().enumerate() {
-                        let m = mask_row.map_or(0.0, |m| m[j]);
-                        *pj = if m == f32::NEG_INFINITY {
-                            m
-                        } else {
-                            dot(query, &keys[j * d..(j + 1) * d]) * scale + m
-                        };
+                    #[cfg(target_arch = "x86_64")]
+                    if super::simd::available() {
+                        let row = (query, keys_t, values, mask_row, scale);
+                        return super::simd::attention_row(row.0, row.1, row.2, row.3, row.4, p, o);
                     }
-                    softmax_in_place(p);
-                    for (j, &pj) in p.iter().enumerate() {
-                        if pj != 0.0 {
-                            for (oe, &ve) in o.iter_mut().zip(&values[j * d..(j + 1) * d]) {
-                                *oe += pj * ve;
-                            }
-                        }
-                    }
+                    attention_row(query, keys_t, values, mask_row, scale, p, o);
                 });
                 Ok::<(), candle_core::Error>(())
             })
@@ -261,17 +254,39 @@ fn attention_f32(
     ))
 }
 
-/// a . b in f32, in 16 running sums (which the compiler turns into vector registers).
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut sums = [0f32; 16];
-    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
-    let tail: f32 = ca.remainder().iter().zip(cb.remainder()).map(|(x, y)| x * y).sum();
-    for (x, y) in ca.zip(cb) {
-        for l in 0..16 {
-            sums[l] += x[l] * y[l];
+/// One query's attention (the portable version of `simd::attention_row`): its scores against
+/// every key (keys_t is (d, s)), scaled and masked, softmax into `probs` (s), and the weighted
+/// sum of the values (s, d) into `out` (d, zeros on entry).
+fn attention_row(
+    query: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let (s, d) = (probs.len(), out.len());
+    // q k^T: p[j] = sum over e of q[e] k[j][e], in order of e
+    for (e, &qe) in query.iter().enumerate() {
+        for (pj, &kj) in probs.iter_mut().zip(&keys_t[e * s..(e + 1) * s]) {
+            *pj += qe * kj;
         }
     }
-    sums.iter().sum::<f32>() + tail
+    // * scaling + causal_mask
+    match mask {
+        Some(m) => probs.iter_mut().zip(m).for_each(|(pj, &mj)| *pj = *pj * scale + mj),
+        None => probs.iter_mut().for_each(|pj| *pj *= scale),
+    }
+    softmax_in_place(probs);
+    // probs @ v
+    for (j, &pj) in probs.iter().enumerate() {
+        if pj != 0.0 {
+            for (oe, &ve) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+                *oe += pj * ve;
+            }
+        }
+    }
 }
 
 /// row = softmax(row), -inf entries giving 0.

@@ -488,6 +488,106 @@ unsafe fn silu_mul_k(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
+/// One query's attention (see `ops::attention_f32`): `probs[j] = softmax_j(q . k_j * scale +
+/// mask[j])` and `out = sum over j of probs[j] v_j`. keys_t is (d, s), the keys transposed, and
+/// values (s, d). Scores are summed over d in order with fused multiply-adds, 16 keys per
+/// register; the output 64 values at a time over the keys in order.
+pub fn attention_row(
+    query: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let (s, d) = (probs.len(), out.len());
+    assert!(available() && query.len() == d && keys_t.len() == d * s && values.len() == s * d);
+    assert!(mask.is_none_or(|m| m.len() == s));
+    // SAFETY: the CPU has AVX-512 (checked above) and the lengths match (asserted above).
+    unsafe { attention_row_k(query, keys_t, values, mask, scale, probs, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
+unsafe fn attention_row_k(
+    query: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let (s, d) = (probs.len(), out.len());
+    let lanes = |n: usize, at: usize| -> __mmask16 {
+        if n - at >= 16 {
+            0xFFFF
+        } else {
+            (1 << (n - at)) - 1
+        }
+    };
+    // Four registers of 16 keys each at a time: 64 scores summed over e.
+    let hidden_key = _mm512_set1_ps(f32::NEG_INFINITY);
+    for j0 in (0..s).step_by(64) {
+        let mut masks: [__mmask16; 4] =
+            std::array::from_fn(|r| if j0 + 16 * r < s { lanes(s, j0 + 16 * r) } else { 0 });
+        // Keys the mask hides entirely (the future, under a causal mask) are not multiplied:
+        // their score is -inf, their probability 0.
+        if let Some(m) = mask {
+            for (r, lanes) in masks.iter_mut().enumerate() {
+                let at = j0 + 16 * r;
+                let values = _mm512_maskz_loadu_ps(*lanes, m.as_ptr().wrapping_add(at));
+                let hidden = _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(*lanes, values, hidden_key);
+                if *lanes != 0 && hidden == *lanes {
+                    _mm512_mask_storeu_ps(probs.as_mut_ptr().add(at), *lanes, hidden_key);
+                    *lanes = 0;
+                }
+            }
+        }
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (e, &qe) in query.iter().enumerate() {
+            let q = _mm512_set1_ps(qe);
+            let row = keys_t.as_ptr().add(e * s + j0);
+            for r in 0..4 {
+                let k = _mm512_maskz_loadu_ps(masks[r], row.add(16 * r));
+                acc[r] = _mm512_fmadd_ps(q, k, acc[r]);
+            }
+        }
+        for r in 0..4 {
+            let at = j0 + 16 * r;
+            if masks[r] == 0 {
+                continue;
+            }
+            let mut score = _mm512_mul_ps(acc[r], _mm512_set1_ps(scale));
+            if let Some(m) = mask {
+                score = _mm512_add_ps(score, _mm512_maskz_loadu_ps(masks[r], m.as_ptr().add(at)));
+            }
+            _mm512_mask_storeu_ps(probs.as_mut_ptr().add(at), masks[r], score);
+        }
+    }
+    softmax_k(probs);
+    // out = probs @ values, 64 outputs at a time.
+    for e0 in (0..d).step_by(64) {
+        let masks: [__mmask16; 4] =
+            std::array::from_fn(|r| if e0 + 16 * r < d { lanes(d, e0 + 16 * r) } else { 0 });
+        let mut acc = [_mm512_setzero_ps(); 4];
+        for (j, &pj) in probs.iter().enumerate() {
+            if pj == 0.0 {
+                continue; // a hidden key
+            }
+            let p = _mm512_set1_ps(pj);
+            let row = values.as_ptr().add(j * d + e0);
+            for r in 0..4 {
+                let v = _mm512_maskz_loadu_ps(masks[r], row.add(16 * r));
+                acc[r] = _mm512_fmadd_ps(p, v, acc[r]);
+            }
+        }
+        for r in 0..4 {
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(e0 + 16 * r), masks[r], acc[r]);
+        }
+    }
+}
+
 /// row = softmax(row): e^(v - max) / sum, the sum added in f32 (as PyTorch does).
 pub fn softmax(row: &mut [f32]) {
     assert!(available());
