@@ -224,21 +224,32 @@ fn attention_f32(
                     Some(m) => Some(with_f32(m, |m| m.to_vec()).ok_or_else(missing)?),
                     None => None,
                 };
-                let rows = probs.par_chunks_mut(s).zip(out.par_chunks_mut(d));
-                rows.enumerate().with_min_len(16).for_each(|(row, (p, o))| {
-                    // row = (bi * h + head) * t + i
-                    let (bh, i) = (row / t, row % t);
+                // Per batch and head, blocks of consecutive queries (they share the keys and
+                // values they read), the blocks in parallel.
+                const ROWS: usize = 4;
+                let heads = probs.par_chunks_mut(t * s).zip(out.par_chunks_mut(t * d));
+                heads.enumerate().for_each(|(bh, (probs, out))| {
                     let (bi, head) = (bh / h, bh % h);
-                    let query = &q[row * d..(row + 1) * d];
                     let kv_at = (bi * kv + head / groups) * s * d;
                     let (keys_t, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
-                    let mask_row = mask.as_ref().map(|m| &m[i * s..(i + 1) * s]);
-                    #[cfg(target_arch = "x86_64")]
-                    if super::simd::available() {
-                        let row = (query, keys_t, values, mask_row, scale);
-                        return super::simd::attention_row(row.0, row.1, row.2, row.3, row.4, p, o);
-                    }
-                    attention_row(query, keys_t, values, mask_row, scale, p, o);
+                    let blocks = probs.par_chunks_mut(ROWS * s).zip(out.par_chunks_mut(ROWS * d));
+                    blocks.enumerate().with_min_len(4).for_each(|(block, (p, o))| {
+                        let (first, rows) = (block * ROWS, p.len() / s);
+                        let queries = &q[(bh * t + first) * d..(bh * t + first + rows) * d];
+                        let masks = mask.as_ref().map(|m| &m[first * s..(first + rows) * s]);
+                        #[cfg(target_arch = "x86_64")]
+                        if super::simd::available() {
+                            let args = (queries, keys_t, values, masks, scale);
+                            let (qs, kt, vs, ms, sc) = args;
+                            return super::simd::attention_rows(rows, qs, kt, vs, ms, sc, p, o);
+                        }
+                        for r in 0..rows {
+                            let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
+                            let query = &queries[r * d..(r + 1) * d];
+                            let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
+                            attention_row(query, keys_t, values, mask, scale, p, o);
+                        }
+                    });
                 });
                 Ok::<(), candle_core::Error>(())
             })
@@ -389,21 +400,69 @@ mod tests {
     #[test]
     fn grouped_attention_equals_repeat_kv() {
         let dev = Device::Cpu;
-        let (b, h, kv, t, s, d) = (1, 6, 2, 3, 5, 8);
-        let q = Tensor::randn(0f32, 1., (b, h, t, d), &dev).unwrap();
-        let k = Tensor::randn(0f32, 1., (b, kv, s, d), &dev).unwrap();
-        let v = Tensor::randn(0f32, 1., (b, kv, s, d), &dev).unwrap();
-        let mask = causal_mask(t, s - t, &dev).unwrap();
-        let (out, probs) = attention(&q, &k, &v, Some(&mask)).unwrap();
+        // Shapes with partial registers (d = 8, 72), query blocks of 4 and a remainder (t = 7),
+        // more keys than one block of 64 (s = 70), a cached prefix (s > t), one query (decode).
+        for (b, h, kv, t, s, d, masked) in [
+            (1, 6, 2, 3, 5, 8, true),
+            (2, 4, 2, 7, 70, 72, true),
+            (1, 3, 1, 1, 9, 64, false),
+            (1, 2, 2, 5, 5, 16, false),
+        ] {
+            let q = Tensor::randn(0f32, 1., (b, h, t, d), &dev).unwrap();
+            let k = Tensor::randn(0f32, 1., (b, kv, s, d), &dev).unwrap();
+            let v = Tensor::randn(0f32, 1., (b, kv, s, d), &dev).unwrap();
+            let mask = masked.then(|| causal_mask(t, s - t, &dev).unwrap());
+            let (out, probs) = attention(&q, &k, &v, mask.as_ref()).unwrap();
 
-        let k = repeat_kv(&k, h / kv).unwrap().contiguous().unwrap();
-        let v = repeat_kv(&v, h / kv).unwrap().contiguous().unwrap();
-        let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
-        let expected_probs =
-            candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask).unwrap()).unwrap();
+            let k = repeat_kv(&k, h / kv).unwrap().contiguous().unwrap();
+            let v = repeat_kv(&v, h / kv).unwrap().contiguous().unwrap();
+            let scores = (q.matmul(&k.t().unwrap()).unwrap() / (d as f64).sqrt()).unwrap();
+            let scores = match &mask {
+                Some(mask) => scores.broadcast_add(mask).unwrap(),
+                None => scores,
+            };
+            let expected_probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
+            let expected = expected_probs.matmul(&v).unwrap();
+            close(&probs, &expected_probs, 1e-6);
+            close(&out, &expected, 1e-5);
+            if masked {
+                // The future is hidden exactly: probability 0, not merely tiny.
+                let p = probs.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                for (n, &pn) in p.iter().enumerate() {
+                    let (i, j) = ((n / s) % t, n % s);
+                    assert!(j <= s - t + i || pn == 0.0, "query {i} sees key {j}: {pn}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn portable_attention_row_equals_the_tensor_formula() {
+        // The row kernel used where AVX-512 is missing, called directly.
+        let dev = Device::Cpu;
+        let (s, d) = (6, 8);
+        let q = Tensor::randn(0f32, 1., (1, d), &dev).unwrap();
+        let k = Tensor::randn(0f32, 1., (s, d), &dev).unwrap();
+        let v = Tensor::randn(0f32, 1., (s, d), &dev).unwrap();
+        let hidden = f32::NEG_INFINITY;
+        let mask = Tensor::new(&[[0f32, 0., 0., 0., hidden, hidden]], &dev).unwrap(); // (1, s)
+        let scale = 1.0 / (d as f32).sqrt();
+        let (mut probs, mut out) = (vec![0f32; s], vec![0f32; d]);
+        let vec = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (qv, kt, vv, mv) =
+            (vec(&q), vec(&k.t().unwrap().contiguous().unwrap()), vec(&v), vec(&mask));
+        attention_row(&qv, &kt, &vv, Some(&mv), scale, &mut probs, &mut out);
+        let scores =
+            ((q.matmul(&k.t().unwrap()).unwrap() * scale as f64).unwrap() + &mask).unwrap();
+        let expected_probs = candle_nn::ops::softmax_last_dim(&scores).unwrap();
         let expected = expected_probs.matmul(&v).unwrap();
-        close(&probs, &expected_probs, 1e-6);
-        close(&out, &expected, 1e-5);
+        close(
+            &Tensor::new(probs.as_slice(), &dev).unwrap(),
+            &expected_probs.flatten_all().unwrap(),
+            1e-6,
+        );
+        close(&Tensor::new(out.as_slice(), &dev).unwrap(), &expected.flatten_all().unwrap(), 1e-5);
+        assert_eq!(&probs[4..], &[0.0, 0.0]);
     }
 
     #[test]

@@ -488,102 +488,149 @@ unsafe fn silu_mul_k(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// One query's attention (see `ops::attention_f32`): `probs[j] = softmax_j(q . k_j * scale +
-/// mask[j])` and `out = sum over j of probs[j] v_j`. keys_t is (d, s), the keys transposed, and
-/// values (s, d). Scores are summed over d in order with fused multiply-adds, 16 keys per
-/// register; the output 64 values at a time over the keys in order.
-pub fn attention_row(
-    query: &[f32],
+/// Queries per call of [`attention_rows`].
+pub const ATTENTION_ROWS: usize = 4;
+
+/// Attention for `rows` (at most [`ATTENTION_ROWS`]) queries of one head (see
+/// `ops::attention_f32`): `probs[r][j] = softmax_j(q_r . k_j * scale + mask[r][j])` and
+/// `out[r] = sum over j of probs[r][j] v_j`. queries (rows, d), keys_t (d, s) the keys
+/// transposed, values (s, d), masks (rows, s), probs (rows, s), out (rows, d). Scores are summed
+/// over d in order with fused multiply-adds, 16 keys per register; the outputs 64 values at a
+/// time over the keys in order. The queries share each load of keys and values (which come from
+/// L2 and would otherwise bound the speed).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows(
+    rows: usize,
+    queries: &[f32],
     keys_t: &[f32],
     values: &[f32],
-    mask: Option<&[f32]>,
+    masks: Option<&[f32]>,
     scale: f32,
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = (probs.len(), out.len());
-    assert!(available() && query.len() == d && keys_t.len() == d * s && values.len() == s * d);
-    assert!(mask.is_none_or(|m| m.len() == s));
+    assert!(available() && (1..=ATTENTION_ROWS).contains(&rows));
+    let (s, d) = (probs.len() / rows, out.len() / rows);
+    assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
+    assert!(keys_t.len() == d * s && values.len() == s * d);
+    assert!(masks.is_none_or(|m| m.len() == rows * s));
+    let args = (queries, keys_t, values, masks, scale);
     // SAFETY: the CPU has AVX-512 (checked above) and the lengths match (asserted above).
-    unsafe { attention_row_k(query, keys_t, values, mask, scale, probs, out) }
+    unsafe {
+        match rows {
+            1 => attention_rows_k::<1>(args, s, d, probs, out),
+            2 => attention_rows_k::<2>(args, s, d, probs, out),
+            3 => attention_rows_k::<3>(args, s, d, probs, out),
+            _ => attention_rows_k::<4>(args, s, d, probs, out),
+        }
+    }
 }
 
+type AttentionArgs<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>, f32);
+
+// Index loops with constant bounds over several arrays in step: fully unrolled, registers.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
-unsafe fn attention_row_k(
-    query: &[f32],
-    keys_t: &[f32],
-    values: &[f32],
-    mask: Option<&[f32]>,
-    scale: f32,
+unsafe fn attention_rows_k<const R: usize>(
+    (queries, keys_t, values, masks, scale): AttentionArgs,
+    s: usize,
+    d: usize,
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = (probs.len(), out.len());
     let lanes = |n: usize, at: usize| -> __mmask16 {
-        if n - at >= 16 {
-            0xFFFF
-        } else {
-            (1 << (n - at)) - 1
+        match n.saturating_sub(at) {
+            0 => 0,
+            left if left >= 16 => 0xFFFF,
+            left => (1 << left) - 1,
         }
     };
-    // Four registers of 16 keys each at a time: 64 scores summed over e.
     let hidden_key = _mm512_set1_ps(f32::NEG_INFINITY);
+    // Scores, 4 registers of 16 keys at a time.
     for j0 in (0..s).step_by(64) {
-        let mut masks: [__mmask16; 4] =
-            std::array::from_fn(|r| if j0 + 16 * r < s { lanes(s, j0 + 16 * r) } else { 0 });
-        // Keys the mask hides entirely (the future, under a causal mask) are not multiplied:
-        // their score is -inf, their probability 0.
-        if let Some(m) = mask {
-            for (r, lanes) in masks.iter_mut().enumerate() {
-                let at = j0 + 16 * r;
-                let values = _mm512_maskz_loadu_ps(*lanes, m.as_ptr().wrapping_add(at));
-                let hidden = _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(*lanes, values, hidden_key);
-                if *lanes != 0 && hidden == *lanes {
-                    _mm512_mask_storeu_ps(probs.as_mut_ptr().add(at), *lanes, hidden_key);
+        let mut live: [__mmask16; 4] = std::array::from_fn(|v| lanes(s, j0 + 16 * v));
+        // Keys the masks hide from every query (the future, under a causal mask) are not
+        // multiplied: their scores are -inf, their probabilities 0.
+        if let Some(m) = masks {
+            for (v, lanes) in live.iter_mut().enumerate() {
+                let at = j0 + 16 * v;
+                let hidden_from_all = (0..R).all(|r| {
+                    let values =
+                        _mm512_maskz_loadu_ps(*lanes, m.as_ptr().add(r * s).wrapping_add(at));
+                    _mm512_mask_cmp_ps_mask::<_CMP_EQ_OQ>(*lanes, values, hidden_key) == *lanes
+                });
+                if *lanes != 0 && hidden_from_all {
+                    for r in 0..R {
+                        _mm512_mask_storeu_ps(
+                            probs.as_mut_ptr().add(r * s + at),
+                            *lanes,
+                            hidden_key,
+                        );
+                    }
                     *lanes = 0;
                 }
             }
         }
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (e, &qe) in query.iter().enumerate() {
-            let q = _mm512_set1_ps(qe);
+        if live == [0; 4] {
+            continue;
+        }
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for e in 0..d {
             let row = keys_t.as_ptr().add(e * s + j0);
-            for r in 0..4 {
-                let k = _mm512_maskz_loadu_ps(masks[r], row.add(16 * r));
-                acc[r] = _mm512_fmadd_ps(q, k, acc[r]);
+            let k: [__m512; 4] =
+                std::array::from_fn(|v| _mm512_maskz_loadu_ps(live[v], row.wrapping_add(16 * v)));
+            for r in 0..R {
+                let q = _mm512_set1_ps(*queries.get_unchecked(r * d + e));
+                for v in 0..4 {
+                    acc[r][v] = _mm512_fmadd_ps(q, k[v], acc[r][v]);
+                }
             }
         }
-        for r in 0..4 {
-            let at = j0 + 16 * r;
-            if masks[r] == 0 {
-                continue;
+        for r in 0..R {
+            for v in 0..4 {
+                let at = j0 + 16 * v;
+                if live[v] == 0 {
+                    continue;
+                }
+                let mut score = _mm512_mul_ps(acc[r][v], _mm512_set1_ps(scale));
+                if let Some(m) = masks {
+                    let m = _mm512_maskz_loadu_ps(live[v], m.as_ptr().add(r * s + at));
+                    score = _mm512_add_ps(score, m);
+                }
+                _mm512_mask_storeu_ps(probs.as_mut_ptr().add(r * s + at), live[v], score);
             }
-            let mut score = _mm512_mul_ps(acc[r], _mm512_set1_ps(scale));
-            if let Some(m) = mask {
-                score = _mm512_add_ps(score, _mm512_maskz_loadu_ps(masks[r], m.as_ptr().add(at)));
-            }
-            _mm512_mask_storeu_ps(probs.as_mut_ptr().add(at), masks[r], score);
         }
     }
-    softmax_k(probs);
-    // out = probs @ values, 64 outputs at a time.
+    for r in 0..R {
+        softmax_k(&mut probs[r * s..(r + 1) * s]);
+    }
+    // Outputs, 64 values at a time, over the keys some query sees.
     for e0 in (0..d).step_by(64) {
-        let masks: [__mmask16; 4] =
-            std::array::from_fn(|r| if e0 + 16 * r < d { lanes(d, e0 + 16 * r) } else { 0 });
-        let mut acc = [_mm512_setzero_ps(); 4];
-        for (j, &pj) in probs.iter().enumerate() {
-            if pj == 0.0 {
-                continue; // a hidden key
+        let live: [__mmask16; 4] = std::array::from_fn(|v| lanes(d, e0 + 16 * v));
+        let mut acc = [[_mm512_setzero_ps(); 4]; R];
+        for j in 0..s {
+            let p: [f32; R] = std::array::from_fn(|r| *probs.get_unchecked(r * s + j));
+            if p.iter().all(|&p| p == 0.0) {
+                continue;
             }
-            let p = _mm512_set1_ps(pj);
             let row = values.as_ptr().add(j * d + e0);
-            for r in 0..4 {
-                let v = _mm512_maskz_loadu_ps(masks[r], row.add(16 * r));
-                acc[r] = _mm512_fmadd_ps(p, v, acc[r]);
+            let v: [__m512; 4] =
+                std::array::from_fn(|c| _mm512_maskz_loadu_ps(live[c], row.wrapping_add(16 * c)));
+            for r in 0..R {
+                let p = _mm512_set1_ps(p[r]);
+                for c in 0..4 {
+                    acc[r][c] = _mm512_fmadd_ps(p, v[c], acc[r][c]);
+                }
             }
         }
-        for r in 0..4 {
-            _mm512_mask_storeu_ps(out.as_mut_ptr().add(e0 + 16 * r), masks[r], acc[r]);
+        for r in 0..R {
+            for c in 0..4 {
+                _mm512_mask_storeu_ps(
+                    out.as_mut_ptr().add(r * d + e0 + 16 * c),
+                    live[c],
+                    acc[r][c],
+                );
+            }
         }
     }
 }
