@@ -2,27 +2,28 @@
 //!
 //! AMX multiplies bf16 tiles (16 x 32 values, 8 significant bits each) and adds the products in
 //! f32, 16 x 16 x 32 multiply-adds per instruction: about 15 times the f32 throughput of AVX-512
-//! on this kind of CPU. lmscope keeps f32 precision by splitting every f32 `v` into three bf16
-//! parts, `v = hi + mid + lo`, *exactly* (hi is v rounded to 8 bits, mid the remainder rounded
-//! to 8 bits, lo what is left, at most 8 bits). Then
+//! on this kind of CPU. Two facts keep the results at f32 precision:
 //!
-//! ```text
-//! w . x = (w_hi + w_mid + w_lo) . (x_hi + x_mid + x_lo)
-//!       ~ w_hi.x_hi + w_hi.x_mid + w_hi.x_lo + w_mid.x_hi + w_mid.x_mid + w_lo.x_hi
-//! ```
+//! * A block's weights are `d * q + m` with small integers q (0..15 for Q4_1, -8..7 for Q4_0,
+//!   -128..127 for Q8_0), and every such integer *is* a bf16 value. So a block's products are
+//!   `w . x = d * (q . x) + m * sum(x)`, with q as it is in the file and d, m applied in f32
+//!   afterwards, once per block (the formula of the decode kernel in `simd.rs`, and of ggml).
+//! * Every f32 input is split *exactly* into three bf16 parts, `x = hi + mid + lo` (hi is x
+//!   rounded to 8 bits, mid the remainder rounded to 8 bits, lo what is left, at most 8 bits).
+//!   Then `q . x = q . x_hi + q . x_mid + q . x_lo` with nothing dropped: each product of two
+//!   bf16 values is exact in f32, and AMX adds them in f32.
 //!
-//! Each product of two bf16 values is exact in f32; |mid| <= 2^-8 |v| and |lo| <= 2^-16 |v|, so
-//! the three dropped products add up to at most about 2^-23 of |w x|, f32's own rounding of one
-//! product (2^-24) twice: the result is an f32 dot product of the
-//! dequantized (bit-identical) weights with the f32 inputs, summed in another order (six times as
-//! many terms, all added in f32). Six bf16 products per f32 product still leave AMX about two and a
-//! half times AVX-512's f32 peak. One caveat: AMX treats values below 2^-126 as zero, so the lo
+//! The result is an f32 dot product of the dequantized weights with the f32 inputs, the terms
+//! grouped per block and added in another order (tested against f64 sums within a few f32
+//! roundings of the terms' size); with three bf16 products per f32 product, AMX still has about
+//! five times AVX-512's f32 peak. One caveat: AMX treats values below 2^-126 as zero, so the lo
 //! part of an input smaller than about 2^-110 is lost (RMS-normed activations are nowhere near).
 //!
-//! Layout: the weights are the A operand (16 weight rows x 32 columns per tile, row-major, as
-//! dequantized) and the inputs the B operand (16 pairs of columns x 16 inputs, "VNNI" pairs, see
-//! [`Packed`]), so C (16 weight rows x 16 inputs) is a piece of the transposed output. One step
-//! holds 2 x 2 C tiles (32 weight rows x 32 inputs) in four of the eight tile registers.
+//! Layout: the weights' integers are the A operand (16 weight rows x one block of 32 columns per
+//! tile, row-major) and the inputs the B operand (16 pairs of columns x 16 inputs, "VNNI" pairs,
+//! see [`Packed`]), so C (16 weight rows x 16 inputs) is a piece of the transposed output. A step
+//! takes 32 weight rows x 32 inputs: per block, 2 x 2 C tiles from three products each, then
+//! `d * C + m * sum(x)` added to the step's f32 results.
 
 use super::blocks::{BlockMatrix, BLOCK};
 use super::simd::{self, Columns, RowScales, Q4_0, Q4_1, Q8_0};
@@ -41,8 +42,8 @@ pub const NR: usize = 32;
 const MR: usize = 32;
 /// Bytes of one tile: 16 rows of 64 bytes.
 const TILE_BYTES: usize = 1024;
-/// Tiles per block of 32 columns, for one side of a step: PARTS parts x 2 tiles.
-const STEP_TILES: usize = PARTS * 2;
+/// Tiles per block of 32 columns of a group of inputs: PARTS parts x 2 tiles of 16 inputs.
+const GROUP_TILES: usize = PARTS * 2;
 
 /// Whether the AMX kernel runs here: a CPU with AMX-TILE and AMX-BF16 (and the AVX-512 that
 /// packs for it), a kernel that lets this process use the tile registers, and no
@@ -166,6 +167,9 @@ unsafe fn widen(v: __m512i) -> (__m512, __m512) {
 /// `(x[i][32kc + 2r], x[i][32kc + 2r + 1])` of inputs `i = 32g + 16t + 0..16`.
 pub struct Packed {
     tiles: Vec<Tile>,
+    /// Per group and block, the 32 inputs' sums over the block's 32 columns (zeros past the last
+    /// input): `sums[(g * blocks + kc) * 32 + i]`. Q4_1's offsets m multiply them.
+    sums: Vec<f32>,
     m: usize,
     k: usize,
 }
@@ -173,25 +177,32 @@ pub struct Packed {
 impl Packed {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert!(available() && k.is_multiple_of(BLOCK) && x.len() == m * k);
-        let group_tiles = k / BLOCK * STEP_TILES;
+        let group_tiles = k / BLOCK * GROUP_TILES;
         let len = m.div_ceil(MR) * group_tiles;
         let mut tiles = Vec::with_capacity(len);
         let spare = &mut tiles.spare_capacity_mut()[..len];
-        spare.par_chunks_mut(group_tiles).enumerate().for_each(|(g, group)| {
+        let mut sums = vec![0f32; m.div_ceil(MR) * k];
+        let groups = spare.par_chunks_mut(group_tiles).zip(sums.par_chunks_mut(k));
+        groups.enumerate().for_each(|(g, (group, sums))| {
             for t in 0..2 {
                 let first = (g * MR + 16 * t).min(m);
                 let inputs = &x[first * k..(first + 16).min(m) * k];
                 // SAFETY: the CPU has AVX-512 and its BF16 extension (asserted above).
                 unsafe { pack_inputs(inputs, k, t, group) };
+                for (i, row) in inputs.chunks_exact(k).enumerate() {
+                    for (kc, block) in row.chunks_exact(BLOCK).enumerate() {
+                        sums[kc * MR + 16 * t + i] = block.iter().sum();
+                    }
+                }
             }
         });
         // SAFETY: pack_inputs wrote every tile of both halves of every group.
         unsafe { tiles.set_len(len) };
-        Packed { tiles, m, k }
+        Packed { tiles, sums, m, k }
     }
 
     fn group(&self, g: usize) -> *const u8 {
-        let group_tiles = self.k / BLOCK * STEP_TILES;
+        let group_tiles = self.k / BLOCK * GROUP_TILES;
         self.tiles[g * group_tiles..(g + 1) * group_tiles].as_ptr() as *const u8
     }
 }
@@ -202,7 +213,7 @@ impl Packed {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 unsafe fn pack_inputs(x: &[f32], k: usize, t: usize, group: &mut [MaybeUninit<Tile>]) {
     let inputs = x.len() / k;
-    assert!(inputs <= 16 && group.len() == k / BLOCK * STEP_TILES);
+    assert!(inputs <= 16 && group.len() == k / BLOCK * GROUP_TILES);
     let mut parts = [[_mm512_setzero_si512(); 16]; PARTS];
     for kc in 0..k / BLOCK {
         #[allow(clippy::needless_range_loop)] // i indexes the second dimension of parts
@@ -260,20 +271,6 @@ unsafe fn transpose(rows: &[__m512i; 16]) -> [__m512i; 16] {
     out
 }
 
-/// Writes one dequantized weight row as row `r` (of [`NR`]) of a step's A tiles.
-#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_weights(row: &[f32], r: usize, step: &mut [Tile]) {
-    let (t, line) = (r / 16, (r % 16) * 64);
-    for (kc, values) in row.chunks_exact(BLOCK).enumerate() {
-        let parts =
-            split(_mm512_loadu_ps(values.as_ptr()), _mm512_loadu_ps(values.as_ptr().add(16)));
-        for (p, bits) in parts.into_iter().enumerate() {
-            let tile = step[(kc * PARTS + p) * 2 + t].0.as_mut_ptr().add(line);
-            _mm512_store_si512(tile as *mut __m512i, bits);
-        }
-    }
-}
-
 /// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m
 /// (`packed` holds x). The window's width is best a multiple of [`NR`].
 pub fn panel_rows(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
@@ -295,43 +292,81 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
     assert!(packed.k == k && packed.m == m && out.matrix_columns() == w.rows);
     let (first, width) = out.window();
     let data = w.bytes.as_slice();
-    let rb = blocks * w.kind.block_bytes();
-    // NR weight rows, split: a buffer of this thread's, kept between calls (every tile is
-    // written before it is read).
+    let bb = w.kind.block_bytes();
+    let rb = blocks * bb;
+    assert!((first + width) * rb <= data.len());
+    // NR weight rows' integers as bf16, 2 tiles per block: a buffer of this thread's, kept
+    // between calls (every tile is written before it is read).
     thread_local! {
         static STEP: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
     }
     let mut step = STEP.take();
-    if step.len() < blocks * STEP_TILES {
-        step.resize(blocks * STEP_TILES, ZERO_TILE);
+    if step.len() < blocks * 2 {
+        step.resize(blocks * 2, ZERO_TILE);
     }
-    let mut row = vec![0f32; k];
     let mut scales = RowScales::new(blocks);
-    let mut c = [[0f32; 256]; 4]; // the four C tiles of a step, stored
-    let rows = _mm512_mullo_epi32(
+    // The step's scales and offsets, block-major: d[kc * NR + r].
+    let (mut d, mut offsets) = (vec![0f32; blocks * NR], vec![0f32; blocks * NR]);
+    let groups = m.div_ceil(MR);
+    let mut acc = vec![0f32; NR * MR]; // one group's results, weight rows x inputs
+    let mut c = [[0f32; 256]; 4]; // the four C tiles of a block, stored
+    let indices = _mm512_mullo_epi32(
         _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(16),
+        _mm512_set1_epi32(MR as i32),
     );
     let _registers = TileRegisters::configure();
     for p0 in (0..width).step_by(NR) {
         let nr = NR.min(width - p0);
         super::blocks::prefetch(data, (first + p0 + NR) * rb, NR * rb);
         for r in 0..NR {
+            let line = (r % 16) * 64;
             if r < nr {
-                simd::dequantize_row::<K>(w, first + p0 + r, &mut scales, &mut row);
+                let row = data.as_ptr().add((first + p0 + r) * rb);
+                scales.read::<K>(row, blocks, bb);
+                for kc in 0..blocks {
+                    let (lo, hi) = simd::integers::<K>(row.add(kc * bb));
+                    let tile = step[kc * 2 + r / 16].0.as_mut_ptr().add(line);
+                    _mm512_store_si512(tile as *mut __m512i, bf16(lo, hi)); // exact: |q| <= 128
+                    d[kc * NR + r] = scales.d[kc];
+                    offsets[kc * NR + r] = if K == Q4_1 { scales.m[kc] } else { 0.0 };
+                }
             } else {
-                row.fill(0.0);
+                for kc in 0..blocks {
+                    let tile = step[kc * 2 + r / 16].0.as_mut_ptr().add(line);
+                    _mm512_store_si512(tile as *mut __m512i, _mm512_setzero_si512());
+                    d[kc * NR + r] = 0.0;
+                    offsets[kc * NR + r] = 0.0;
+                }
             }
-            pack_weights(&row, r, &mut step);
         }
-        for g in 0..m.div_ceil(MR) {
-            multiply_step(step.as_ptr() as *const u8, packed.group(g), blocks, &mut c);
-            // c[2 * tw + tx][16 * jj + ii]: weight row 16tw + jj, input 16tx + ii of the step;
-            // an input's 16 weight rows of a tile are a column of it, 16 floats apart.
+        for g in 0..groups {
+            acc.fill(0.0);
+            let inputs = packed.group(g);
+            for kc in 0..blocks {
+                let a = (step.as_ptr() as *const u8).add(kc * 2 * TILE_BYTES);
+                let b = inputs.add(kc * GROUP_TILES * TILE_BYTES);
+                block_products(a, b, &mut c);
+                // acc[n][i] += d[n] * (q_n . x_i over the block) + m[n] * sum of x_i over it
+                let sums = packed.sums.as_ptr().add((g * blocks + kc) * MR);
+                let sums = [_mm512_loadu_ps(sums), _mm512_loadu_ps(sums.add(16))];
+                for n in 0..NR {
+                    let scale = _mm512_set1_ps(*d.get_unchecked(kc * NR + n));
+                    let offset = _mm512_set1_ps(*offsets.get_unchecked(kc * NR + n));
+                    for (t, &sum) in sums.iter().enumerate() {
+                        let dots = _mm512_loadu_ps(c[2 * (n / 16) + t].as_ptr().add(16 * (n % 16)));
+                        let at = acc.as_mut_ptr().add(n * MR + 16 * t);
+                        let mut v = _mm512_fmadd_ps(dots, scale, _mm512_loadu_ps(at));
+                        if K == Q4_1 {
+                            v = _mm512_fmadd_ps(offset, sum, v);
+                        }
+                        _mm512_storeu_ps(at, v);
+                    }
+                }
+            }
+            // acc[n][i]: an input's 32 weight rows are a column of acc, MR floats apart.
             for i in 0..MR.min(m - g * MR) {
-                let column = |tw: usize| c[2 * tw + i / 16].as_ptr().add(i % 16);
-                let first = _mm512_i32gather_ps::<4>(rows, column(0));
-                let second = _mm512_i32gather_ps::<4>(rows, column(1));
+                let first = _mm512_i32gather_ps::<4>(indices, acc.as_ptr().add(i));
+                let second = _mm512_i32gather_ps::<4>(indices, acc.as_ptr().add(16 * MR + i));
                 out.store_run32(g * MR + i, p0, first, second, nr);
             }
         }
@@ -339,82 +374,46 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
     STEP.set(step);
 }
 
-/// The 32 x 32 products of one step: `a` the weights' tiles, `b` a group of inputs' tiles, both
-/// `blocks` x [`STEP_TILES`] tiles; the results go to `c` (weight rows x inputs, per tile).
+/// The products of one block for one step: `a` the two tiles of the weights' integers (rows
+/// 0..16, 16..32), `b` a group's six tiles of inputs (hi, mid, lo for inputs 0..16 and 16..32);
+/// the three parts are summed into four C tiles, stored to `c`: (w rows, inputs) = (0..16,
+/// 0..16), (0..16, 16..32), (16..32, 0..16), (16..32, 16..32).
 #[inline(always)]
-unsafe fn multiply_step(a: *const u8, b: *const u8, blocks: usize, c: &mut [[f32; 256]; 4]) {
+unsafe fn block_products(a: *const u8, b: *const u8, c: &mut [[f32; 256]; 4]) {
     asm!(
         "tilezero tmm0",
         "tilezero tmm1",
         "tilezero tmm2",
         "tilezero tmm3",
-        options(nostack, nomem)
-    );
-    for kc in 0..blocks {
-        let (a, b) = (a.add(kc * STEP_TILES * TILE_BYTES), b.add(kc * STEP_TILES * TILE_BYTES));
-        // Tiles at a: w_hi (rows 0..16, 16..32) at +0, +1024; w_mid at +2048, +3072; w_lo at
-        // +4096, +5120; the same for the inputs at b. tmm0..3 = C for (w rows, inputs) =
-        // (0..16, 0..16), (0..16, 16..32), (16..32, 0..16), (16..32, 16..32).
-        asm!(
-            // w_hi . x_hi
-            "tileloadd tmm4, [{a} + {s}*1]",
-            "tileloadd tmm5, [{a} + {s}*1 + 1024]",
-            "tileloadd tmm6, [{b} + {s}*1]",
-            "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            // w_hi . x_mid
-            "tileloadd tmm6, [{b} + {s}*1 + 2048]",
-            "tileloadd tmm7, [{b} + {s}*1 + 3072]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            // w_hi . x_lo
-            "tileloadd tmm6, [{b} + {s}*1 + 4096]",
-            "tileloadd tmm7, [{b} + {s}*1 + 5120]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            // w_mid . x_hi
-            "tileloadd tmm4, [{a} + {s}*1 + 2048]",
-            "tileloadd tmm5, [{a} + {s}*1 + 3072]",
-            "tileloadd tmm6, [{b} + {s}*1]",
-            "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            // w_mid . x_mid
-            "tileloadd tmm6, [{b} + {s}*1 + 2048]",
-            "tileloadd tmm7, [{b} + {s}*1 + 3072]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            // w_lo . x_hi
-            "tileloadd tmm4, [{a} + {s}*1 + 4096]",
-            "tileloadd tmm5, [{a} + {s}*1 + 5120]",
-            "tileloadd tmm6, [{b} + {s}*1]",
-            "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            a = in(reg) a,
-            b = in(reg) b,
-            s = in(reg) 64usize,
-            options(nostack, readonly),
-        );
-    }
-    asm!(
+        "tileloadd tmm4, [{a} + {s}*1]",
+        "tileloadd tmm5, [{a} + {s}*1 + 1024]",
+        // q . x_hi
+        "tileloadd tmm6, [{b} + {s}*1]",
+        "tileloadd tmm7, [{b} + {s}*1 + 1024]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        // q . x_mid
+        "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+        "tileloadd tmm7, [{b} + {s}*1 + 3072]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        // q . x_lo
+        "tileloadd tmm6, [{b} + {s}*1 + 4096]",
+        "tileloadd tmm7, [{b} + {s}*1 + 5120]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
         "tilestored [{c} + {s}*1], tmm0",
         "tilestored [{c} + {s}*1 + 1024], tmm1",
         "tilestored [{c} + {s}*1 + 2048], tmm2",
         "tilestored [{c} + {s}*1 + 3072], tmm3",
+        a = in(reg) a,
+        b = in(reg) b,
         c = in(reg) c.as_mut_ptr(),
         s = in(reg) 64usize,
         options(nostack),
@@ -515,11 +514,25 @@ mod tests {
                 }
                 // SAFETY: initialized above (and then overwritten by the kernel).
                 let out: Vec<f32> = out.into_iter().map(|v| unsafe { v.assume_init() }).collect();
+                // Q4_1's offset m of each block (the kernel adds m * sum(x) and d * (q . x)).
+                let bytes = w.bytes.as_slice();
+                let offset = |j: usize, c: usize| -> f64 {
+                    if w.kind != crate::model::blocks::BlockType::Q4_1 {
+                        return 0.0;
+                    }
+                    let at = (j * k / BLOCK + c / BLOCK) * 20 + 2;
+                    half::f16::from_le_bytes([bytes[at], bytes[at + 1]]).to_f64()
+                };
                 for i in 0..m {
                     for j in 0..rows {
-                        let terms = (0..k).map(|c| x[i * k + c] as f64 * dense[j * k + c] as f64);
-                        let (exact, size) =
-                            terms.fold((0.0, 0.0), |(s, a), t: f64| (s + t, a + t.abs()));
+                        let (mut exact, mut size) = (0.0, 0.0);
+                        for c in 0..k {
+                            let (xv, wv, mv) =
+                                (x[i * k + c] as f64, dense[j * k + c] as f64, offset(j, c));
+                            exact += xv * wv;
+                            // The size of the terms the kernel adds: x d q and x m.
+                            size += (xv * (wv - mv)).abs() + (xv * mv).abs();
+                        }
                         let got = out[i * rows + j] as f64;
                         let allowed = size * 2f64.powi(-24) * 8.0;
                         assert!(

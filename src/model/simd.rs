@@ -77,7 +77,7 @@ const M_AT: usize = 2;
 /// A block's 32 integers as floats in two registers (values 0..16 and 16..32): the weights are
 /// `d * q + m` (m = 0 for Q4_0 and Q8_0).
 #[inline(always)]
-unsafe fn integers<const K: u8>(block: *const u8) -> (__m512, __m512) {
+pub(super) unsafe fn integers<const K: u8>(block: *const u8) -> (__m512, __m512) {
     if K == Q8_0 {
         let lo = _mm_loadu_si128(block.add(2) as *const __m128i);
         let hi = _mm_loadu_si128(block.add(18) as *const __m128i);
