@@ -4,10 +4,11 @@
 //! The weights are those of dequantizing the whole file (`d * q + m` for Q4_1, as gguf-py,
 //! transformers and candle compute it) and the activations stay f32: the result is the dot
 //! product with the dequantized matrix, with the rounding of another summation order (as with
-//! any other matrix library; see `dot_rows_generic`). Embedding rows and the AVX-512 long-prompt
-//! path are dequantized bit for bit; the AMX path and the short-input kernels add
-//! `d * (q . x) + m * sum(x)` per block (`amx.rs`, `simd.rs`). What changes is the memory traffic: 0.6 bytes per weight (Q4_1)
-//! instead of 4 (f32), and no dequantization at load time. This is lmscope's exact path;
+//! any other matrix library; see `dot_rows_generic`). Embedding rows and the AVX-512
+//! long-prompt path are dequantized bit for bit; the AMX path and the short-input kernels add
+//! `d * (q . x) + m * sum(x)` per block (`amx.rs`, `simd.rs`). What changes is the memory
+//! traffic: 0.6 bytes per weight (Q4_1) instead of 4 (f32), and no dequantization at load time.
+//! This is lmscope's exact path;
 //! `--quantized` (`int8.rs`, or candle's quantized matmul) also rounds the activations to 8 bits
 //! and is not.
 //!
