@@ -30,6 +30,7 @@ fn ids_128(m: &LoadedModel) -> Vec<u32> {
 }
 
 fn stages(c: &mut Criterion) {
+    lmscope::keep_freed_memory(); // as the binary does
     let r = resolved();
     let mut g = c.benchmark_group("stages");
     g.sample_size(10).measurement_time(Duration::from_secs(5));

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let start = std::time::Instant::now();
-    keep_freed_memory();
+    lmscope::keep_freed_memory();
     let cli = Cli::parse();
     let show_timings = cli.global.timings;
     if let Some(n) = cli.global.threads {
@@ -35,19 +35,6 @@ fn main() -> ExitCode {
             eprintln!("error: {err:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Asks glibc's malloc to keep freed memory for the next allocation instead of handing it back
-/// to the kernel: every matrix product of a long prompt allocates a fresh output of up to a few
-/// megabytes, and fresh pages cost a page fault each (a tenth of a millisecond per product).
-/// lmscope is a short-lived process whose peak memory is the model's, so nothing is lost.
-fn keep_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator parameters; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
     }
 }
 

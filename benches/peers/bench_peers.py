@@ -544,16 +544,19 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
 
 
 def lmscope_in_process(args: argparse.Namespace) -> dict:
-    """lmscope's steady-state figures, from the `forward` span of `--timings` (the model is
-    loaded before it starts, so it times what the in-process figures of the peers time):
+    """lmscope's in-process figures, two ways, for the exact path and for `--quantized`:
 
-    * forward of the prompt, and prefill of the LONG_TOKENS-token paragraph: `generate
-      --max-new-tokens 1` runs one forward pass over the input and projects only the last
-      position through lm_head (like transformers' generate and llama.cpp's eval);
-    * decode: `generate --max-new-tokens NEW_TOKENS --ignore-eos` minus the prefill run, over
-      its NEW_TOKENS - 1 single-token steps;
-    for the exact path and for `--quantized`. Each timed run directly follows an untimed one,
-    so that the file is in the page cache as the peers' loaded model is in their memory."""
+    * steady state, taken as the peers' are (the model loaded once; per figure one untimed call,
+      then timed repetitions): `cargo bench --bench inprocess` (benches/inprocess.rs) runs the
+      forward of the prompt, the prefill of the LONG_TOKENS-token paragraph (next-token logits:
+      only the last position through lm_head, like transformers' generate and llama.cpp's
+      eval) and greedy decoding of NEW_TOKENS tokens in one process;
+    * first call of a fresh process (`first_*`), from the `forward` span of `--timings`:
+      `generate --max-new-tokens 1` for the prompt and the paragraph, and `generate
+      --max-new-tokens NEW_TOKENS --ignore-eos` minus the prompt's run for decoding. This
+      includes what a first call pays (fresh buffers, the weights' pages mapped on first use).
+      Each timed run directly follows an untimed one, so that the file is in the page cache as
+      the peers' loaded model is in their memory."""
     exe = args.lmscope
     tok = subprocess.run([exe, "--model", args.model, "--json", "tokenize", PARAGRAPH],
                          capture_output=True, text=True, check=True)  # fmt: skip
@@ -566,6 +569,22 @@ def lmscope_in_process(args: argparse.Namespace) -> dict:
     long_ids_lm = json.loads(check_tok.stdout)["ids"]
     if len(long_ids_lm) != LONG_TOKENS:
         sys.exit(f"error: lmscope's {LONG_TOKENS}-token text re-tokenizes to {len(long_ids_lm)}")
+
+    log(f"in process: lmscope steady state (cargo bench --bench inprocess, x{args.reps})")
+    settle(args)
+    root = Path(__file__).resolve().parents[2]
+    bench = ["cargo", "bench", "--quiet", "--bench", "inprocess", "--",
+             "--model", args.model, "--threads", str(args.threads), "--reps", str(args.reps),
+             "--decode-reps", str(args.decode_reps), "--new-tokens", str(NEW_TOKENS),
+             "--prompt", args.prompt, "--long-text", long_text]  # fmt: skip
+    r = subprocess.run(bench, cwd=root, capture_output=True, text=True, timeout=args.timeout * 4)
+    if r.returncode != 0:
+        sys.exit(f"error: {' '.join(bench[:5])} failed: {r.stderr[-2000:]}")
+    result: dict = json.loads(r.stdout)
+    for name in ("exact", "quantized"):
+        if result[f"long_tokens_{name}"] != LONG_TOKENS:
+            sys.exit(f"error: the in-process bench read {result[f'long_tokens_{name}']} tokens")
+    result["long_ids"] = long_ids_lm
 
     def forward_s(extra: list[str], text: str, new_tokens: int) -> float:
         cmd = [exe, "--model", args.model, "--threads", str(args.threads), "--timings", *extra,
@@ -581,17 +600,16 @@ def lmscope_in_process(args: argparse.Namespace) -> dict:
             sys.exit(f"error: no forward timing in lmscope's stderr: {r['stderr'][-500:]}")
         return float(m.group(1)) / 1000
 
-    log(f"in process: lmscope (forward x{args.reps}, decode x{args.decode_reps}, per path)")
-    result: dict = {"long_ids": long_ids_lm}
+    log(f"in process: lmscope first calls (forward x{args.reps}, decode x{args.decode_reps})")
     for name, extra in (("exact", []), ("quantized", ["--quantized"])):
         forward_s(extra, args.prompt, 1)  # warm-up
         short = [forward_s(extra, args.prompt, 1) for _ in range(args.reps)]
         prefill = [forward_s(extra, long_text, 1) for _ in range(args.reps)]
         decode = [forward_s(extra, args.prompt, NEW_TOKENS) for _ in range(args.decode_reps)]
-        result[f"forward_short_{name}_s"] = summary(short)
-        result[f"prefill_long_{name}_s"] = summary(prefill)
+        result[f"first_forward_short_{name}_s"] = summary(short)
+        result[f"first_prefill_long_{name}_s"] = summary(prefill)
         steps = [d - median(short) for d in decode]
-        result[f"decode_{name}"] = {"tok_s": summary([(NEW_TOKENS - 1) / s for s in steps])}
+        result[f"first_decode_{name}"] = {"tok_s": summary([(NEW_TOKENS - 1) / s for s in steps])}
     return result
 
 
@@ -724,6 +742,12 @@ def markdown(results: dict) -> str:
          ip("transformers", "decode_bf16", "tok_s"), None, ip("lmscope", "decode_exact", "tok_s")),
         ("in process: greedy decode, quantized (lmscope --quantized)", "tok/s",
          None, ip("llama.cpp", "decode_q4_1", "tok_s"), ip("lmscope", "decode_quantized", "tok_s")),
+        (f"lmscope, first call of a fresh process: forward {n_short} tokens (exact)", "ms",
+         None, None, ip("lmscope", "first_forward_short_exact_s")),
+        (f"lmscope, first call of a fresh process: prefill {LONG_TOKENS} tokens (exact)", "ms",
+         None, None, ip("lmscope", "first_prefill_long_exact_s")),
+        (f"lmscope, first call of a fresh process: prefill {LONG_TOKENS} tokens (--quantized)",
+         "ms", None, None, ip("lmscope", "first_prefill_long_quantized_s")),
     ]  # fmt: skip
 
     lines = [

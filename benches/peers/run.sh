@@ -21,7 +21,9 @@
 #      benches/peers/run.sh --skip transformers                   # only llama.cpp and lmscope
 #    LMSCOPE_PEERS_SETUP_ONLY=1 stops after step 2 (to prepare the venv ahead of time).
 #
-# This script never builds lmscope: build it first (cargo build --release) to get its row.
+# lmscope's row: build the binary first (cargo build --release); its steady-state in-process
+# figures come from `cargo bench --bench inprocess` (benches/inprocess.rs), which cargo builds on
+# first use (the bench profile: release with line tables).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
