@@ -188,12 +188,7 @@ impl Packed {
                 let first = (g * MR + 16 * t).min(m);
                 let inputs = &x[first * k..(first + 16).min(m) * k];
                 // SAFETY: the CPU has AVX-512 and its BF16 extension (asserted above).
-                unsafe { pack_inputs(inputs, k, t, group) };
-                for (i, row) in inputs.chunks_exact(k).enumerate() {
-                    for (kc, block) in row.chunks_exact(BLOCK).enumerate() {
-                        sums[kc * MR + 16 * t + i] = block.iter().sum();
-                    }
-                }
+                unsafe { pack_inputs(inputs, k, t, group, sums) };
             }
         });
         // SAFETY: pack_inputs wrote every tile of both halves of every group.
@@ -208,18 +203,26 @@ impl Packed {
 }
 
 /// Writes up to 16 inputs (`x`, rows of k values; zeros for the missing ones) as half t of a
-/// group's tiles: block by block, each input's 16 pairs per part, transposed so that tile row r
-/// holds pair r of every input.
+/// group's tiles (block by block, each input's 16 pairs per part, transposed so that tile row r
+/// holds pair r of every input), and their sums over each block into the group's `sums`.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_inputs(x: &[f32], k: usize, t: usize, group: &mut [MaybeUninit<Tile>]) {
+unsafe fn pack_inputs(
+    x: &[f32],
+    k: usize,
+    t: usize,
+    group: &mut [MaybeUninit<Tile>],
+    sums: &mut [f32],
+) {
     let inputs = x.len() / k;
-    assert!(inputs <= 16 && group.len() == k / BLOCK * GROUP_TILES);
+    assert!(inputs <= 16 && group.len() == k / BLOCK * GROUP_TILES && sums.len() == k);
     let mut parts = [[_mm512_setzero_si512(); 16]; PARTS];
     for kc in 0..k / BLOCK {
         #[allow(clippy::needless_range_loop)] // i indexes the second dimension of parts
         for i in 0..inputs {
             let values = x.as_ptr().add(i * k + kc * BLOCK);
-            let split = split(_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)));
+            let (lo, hi) = (_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)));
+            sums[kc * MR + 16 * t + i] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+            let split = split(lo, hi);
             for p in 0..PARTS {
                 parts[p][i] = split[p];
             }

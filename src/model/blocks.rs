@@ -257,7 +257,13 @@ fn products(
     let outs = if ws.is_empty() || m == 0 {
         ws.iter().map(|_| Vec::new()).collect()
     } else {
-        compute(&x.flatten_all()?.to_vec1::<f32>()?, m, k)
+        // The input's own values where it is a contiguous f32 tensor (no copy), else a copy.
+        let mut compute = Some(compute);
+        let run = |values: &[f32]| (compute.take().expect("called once"))(values, m, k);
+        match super::ops::with_f32(x, run) {
+            Some(outs) => outs,
+            None => (compute.take().expect("not called"))(&x.flatten_all()?.to_vec1()?, m, k),
+        }
     };
     ws.iter()
         .zip(outs)

@@ -77,7 +77,7 @@ fn silu_mul_values(gate: &[f32], up: &[f32]) -> Vec<f32> {
 
 /// Runs `f` on the values of an f32 tensor held contiguously on the CPU (no copy); None for any
 /// other tensor.
-fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     if t.dtype() != DType::F32 {
         return None;
     }
