@@ -10,7 +10,7 @@
 //! Shapes: b = batch, t = new tokens, s = all tokens so far (cache + new), c = hidden size,
 //! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
 
-use super::ops::{attention, causal_mask, rms_norm, rope, silu_mul, RopeTables};
+use super::ops::{attention, causal_mask, rms_norm, rope_heads, silu_mul, RopeTables};
 use super::weights::{LayerWeights, Matrix, Weights};
 use crate::config::Config;
 use anyhow::{ensure, Result};
@@ -258,13 +258,10 @@ impl Llama {
 
         // query_states = q_proj(x).view(b, t, h, d).transpose(1, 2), likewise k and v
         let [q, k, v] = products(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], x)?;
-        let q = q.reshape((b, t, h, d))?.transpose(1, 2)?; // (b, h, t, d)
-        let k = k.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
+        // ... with apply_rotary_pos_emb(q, k, cos, sin) in the same pass for q and k
+        let q = rope_heads(&q, h, cos, sin)?; // (b, h, t, d)
+        let k = rope_heads(&k, kv, cos, sin)?; // (b, kv, t, d)
         let v = v.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
-
-        // apply_rotary_pos_emb(q, k, cos, sin)
-        let q = rope(&q, cos, sin)?; // (b, h, t, d)
-        let k = rope(&k, cos, sin)?; // (b, kv, t, d)
 
         // past_key_value.update(k, v): append to the cache
         let (k, v) = match cache {
