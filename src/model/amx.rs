@@ -161,7 +161,7 @@ unsafe fn widen(v: __m512i) -> (__m512, __m512) {
     (_mm512_castsi512_ps(_mm512_slli_epi32(a, 16)), _mm512_castsi512_ps(_mm512_slli_epi32(b, 16)))
 }
 
-/// The inputs split into bf16 parts in AMX's B layout, in groups of [`MR`] inputs (zeros past
+/// The inputs split into bf16 parts in AMX's B layout, in groups of `MR` = 32 inputs (zeros past
 /// the last): for group g, block kc of 32 columns, part p and half t of the group, tile
 /// `((g * blocks + kc) * PARTS + p) * 2 + t` has in row r the pairs
 /// `(x[i][32kc + 2r], x[i][32kc + 2r + 1])` of inputs `i = 32g + 16t + 0..16`.

@@ -467,7 +467,7 @@ pub(super) unsafe fn exp16(input: __m512) -> __m512 {
     _mm512_mask_mov_ps(e, underflow, _mm512_setzero_ps())
 }
 
-/// out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i] (SwiGLU's gating).
+/// `out[i] = silu(gate[i]) * up[i] = gate[i] / (1 + e^-gate[i]) * up[i]` (SwiGLU's gating).
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     assert!(available() && gate.len() == up.len() && up.len() == out.len());
     // SAFETY: the CPU has AVX-512 (checked above); lanes past the end are masked off.
