@@ -28,9 +28,11 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     if x.dtype() == DType::F32 && weight.dtype() == DType::F32 {
         let c = x.dim(D::Minus1)?;
-        let fast = with_f32(x, |x| with_f32(weight, |w| rms_norm_rows(x, w, c, eps as f32)));
-        if let Some(Some(out)) = fast.filter(|_| weight.elem_count() == c) {
-            return Tensor::from_vec(out, x.shape(), x.device());
+        if c > 0 && weight.elem_count() == c {
+            let fast = with_f32(x, |x| with_f32(weight, |w| rms_norm_rows(x, w, c, eps as f32)));
+            if let Some(Some(out)) = fast {
+                return Tensor::from_vec(out, x.shape(), x.device());
+            }
         }
         return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
     }
@@ -169,6 +171,10 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     use rayon::prelude::*;
     let (b, t, hd) = x.dims3()?;
+    if heads == 0 || hd % heads != 0 || x.elem_count() == 0 {
+        // The tensor ops below give the error (or the empty result).
+        return rope(&x.reshape((b, t, heads, hd / heads.max(1)))?.transpose(1, 2)?, cos, sin);
+    }
     let d = hd / heads;
     let rotated = with_f32(x, |x| {
         with_f32(cos, |cos| {
@@ -242,7 +248,9 @@ pub fn attention(
     let (b, h, t, d) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
-    if q.dtype() == DType::F32 {
+    let mask_fits = mask.is_none_or(|m| m.dims() == [t, s]);
+    let fast = kv > 0 && h % kv == 0 && t * s * d > 0 && k.dims4()? == v.dims4()? && mask_fits;
+    if q.dtype() == DType::F32 && fast {
         return attention_f32(q, k, v, mask);
     }
     let q = q.contiguous()?.reshape((b, kv, groups * t, d))?; // (b, kv, groups*t, d)
@@ -368,7 +376,8 @@ fn attention_row(
     }
 }
 
-/// row = softmax(row), -inf entries giving 0.
+/// row = softmax(row), -inf entries giving 0 (with AVX-512 where the CPU has it, also when
+/// called from the portable `attention_row`).
 fn softmax_in_place(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if super::simd::available() {

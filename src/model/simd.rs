@@ -444,13 +444,14 @@ unsafe fn tile<const V: usize>(
 /// e^r, times 2^n), within 2 ulp of the true value over the whole range (tested against f64);
 /// PyTorch's own vectorised exp is likewise a polynomial (SLEEF's, 1 ulp), not libm's. Below
 /// -87.33 (where e^x stops being a normal f32) the result is 0, so e^-inf = 0 as a causal mask
-/// needs; above 88.72, infinity.
+/// needs; above 88.72, infinity; NaN gives NaN.
 #[inline(always)]
 pub(super) unsafe fn exp16(input: __m512) -> __m512 {
     let (low, high) = (_mm512_set1_ps(-87.33), _mm512_set1_ps(88.72));
     let underflow = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(input, low);
     let overflow = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(input, high);
-    let x = _mm512_max_ps(_mm512_min_ps(input, high), low);
+    // min and max return their second operand when one is NaN: NaN stays NaN.
+    let x = _mm512_max_ps(low, _mm512_min_ps(high, input));
     let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
         _mm512_mul_ps(x, _mm512_set1_ps(std::f32::consts::LOG2_E)),
     );
@@ -625,6 +626,9 @@ unsafe fn attention_rows_k<const R: usize>(
         }
         for r in 0..R {
             for c in 0..4 {
+                if live[c] == 0 {
+                    continue; // past head_dim: no address is formed there
+                }
                 _mm512_mask_storeu_ps(
                     out.as_mut_ptr().add(r * d + e0 + 16 * c),
                     live[c],
@@ -654,7 +658,12 @@ unsafe fn softmax_k(row: &mut [f32]) {
     };
     let mut max = _mm512_set1_ps(f32::NEG_INFINITY);
     for at in (0..n).step_by(16) {
-        max = _mm512_mask_max_ps(max, mask(at), max, _mm512_loadu_ps(row.as_ptr().add(at)));
+        max = _mm512_mask_max_ps(
+            max,
+            mask(at),
+            max,
+            _mm512_maskz_loadu_ps(mask(at), row.as_ptr().add(at)),
+        );
     }
     let max = _mm512_set1_ps(_mm512_reduce_max_ps(max));
     let mut sum = _mm512_setzero_ps();
@@ -734,6 +743,10 @@ mod tests {
         // SAFETY: as above.
         unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp16(_mm512_loadu_ps(x.as_ptr()))) };
         let expected = edges.map(|x| if x < -87.33 { 0.0 } else { (x as f64).exp() });
+        let mut nan = [0f32; 16];
+        // SAFETY: as above.
+        unsafe { _mm512_storeu_ps(nan.as_mut_ptr(), exp16(_mm512_set1_ps(f32::NAN))) };
+        assert!(nan.iter().all(|v| v.is_nan()), "{nan:?}");
         for (i, (&got, &e)) in out.iter().zip(expected.iter().cycle()).enumerate() {
             assert!(got as f64 == e || (got as f64 - e).abs() <= 1e-6 * e, "{i}: {got} vs {e}");
         }
