@@ -257,13 +257,10 @@ fn products(
     let outs = if ws.is_empty() || m == 0 {
         ws.iter().map(|_| Vec::new()).collect()
     } else {
-        // The input's own values where it is a contiguous f32 tensor (no copy), else a copy.
-        let mut compute = Some(compute);
-        let run = |values: &[f32]| (compute.take().expect("called once"))(values, m, k);
-        match super::ops::with_f32(x, run) {
-            Some(outs) => outs,
-            None => (compute.take().expect("not called"))(&x.flatten_all()?.to_vec1()?, m, k),
-        }
+        // The input's own values (to_dtype and contiguous copy only when they must).
+        let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        super::ops::with_f32(&x, |values| compute(values, m, k))
+            .context("block-matrix products need the input on the CPU")?
     };
     ws.iter()
         .zip(outs)

@@ -270,10 +270,14 @@ pub fn attention(
     Ok((out.reshape((b, h, t, d))?, probs))
 }
 
+/// Queries of one head that `attention_f32` hands to the row kernels together.
+pub(super) const ATTENTION_ROWS: usize = 4;
+
 /// [`attention`] for f32, written out: for each query head and position, the scores against
 /// every key of its KV head, scaled and masked, softmax, then the probability-weighted sum of the
-/// values; rows in parallel. The same arithmetic as the tensor version (f32 dot products of
-/// head_dim terms, the sum of the softmax in f32), without its reshapes and copies.
+/// values; blocks of queries in parallel. The tensor version's arithmetic in f32 (dot products
+/// of head_dim terms, here with fused multiply-adds; the softmax's sum in f32), without its
+/// reshapes and copies, and skipping the keys the mask hides.
 fn attention_f32(
     q: &Tensor,
     k: &Tensor,
@@ -292,48 +296,51 @@ fn attention_f32(
     let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
     let mut probs = vec![0f32; b * h * t * s];
     let mut out = vec![0f32; b * h * t * d];
-    let missing = || candle_core::Error::Msg("attention needs f32 tensors on the CPU".into());
-    with_f32(&q, |q| {
+    // Per batch and head, blocks of consecutive queries (they share the keys and values they
+    // read), the blocks in parallel.
+    let mut compute = |q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>| {
+        let heads = probs.par_chunks_mut(t * s).zip(out.par_chunks_mut(t * d));
+        heads.enumerate().for_each(|(bh, (probs, out))| {
+            let (bi, head) = (bh / h, bh % h);
+            let kv_at = (bi * kv + head / groups) * s * d;
+            let (keys_t, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
+            let rows_per_block = ATTENTION_ROWS;
+            let blocks = probs
+                .par_chunks_mut(rows_per_block * s)
+                .zip(out.par_chunks_mut(rows_per_block * d));
+            blocks.enumerate().with_min_len(4).for_each(|(block, (p, o))| {
+                let (first, rows) = (block * rows_per_block, p.len() / s);
+                let queries = &q[(bh * t + first) * d..(bh * t + first + rows) * d];
+                let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
+                #[cfg(target_arch = "x86_64")]
+                if super::simd::available() {
+                    return super::simd::attention_rows(
+                        rows, queries, keys_t, values, masks, scale, p, o,
+                    );
+                }
+                for r in 0..rows {
+                    let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
+                    let query = &queries[r * d..(r + 1) * d];
+                    let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
+                    attention_row(query, keys_t, values, mask, scale, p, o);
+                }
+            });
+        });
+    };
+    let done = with_f32(&q, |q| {
         with_f32(&keys_t, |k| {
-            with_f32(&v, |v| {
-                let mask = match &mask {
-                    Some(m) => Some(with_f32(m, |m| m.to_vec()).ok_or_else(missing)?),
-                    None => None,
-                };
-                // Per batch and head, blocks of consecutive queries (they share the keys and
-                // values they read), the blocks in parallel.
-                const ROWS: usize = 4;
-                let heads = probs.par_chunks_mut(t * s).zip(out.par_chunks_mut(t * d));
-                heads.enumerate().for_each(|(bh, (probs, out))| {
-                    let (bi, head) = (bh / h, bh % h);
-                    let kv_at = (bi * kv + head / groups) * s * d;
-                    let (keys_t, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
-                    let blocks = probs.par_chunks_mut(ROWS * s).zip(out.par_chunks_mut(ROWS * d));
-                    blocks.enumerate().with_min_len(4).for_each(|(block, (p, o))| {
-                        let (first, rows) = (block * ROWS, p.len() / s);
-                        let queries = &q[(bh * t + first) * d..(bh * t + first + rows) * d];
-                        let masks = mask.as_ref().map(|m| &m[first * s..(first + rows) * s]);
-                        #[cfg(target_arch = "x86_64")]
-                        if super::simd::available() {
-                            let args = (queries, keys_t, values, masks, scale);
-                            let (qs, kt, vs, ms, sc) = args;
-                            return super::simd::attention_rows(rows, qs, kt, vs, ms, sc, p, o);
-                        }
-                        for r in 0..rows {
-                            let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
-                            let query = &queries[r * d..(r + 1) * d];
-                            let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
-                            attention_row(query, keys_t, values, mask, scale, p, o);
-                        }
-                    });
-                });
-                Ok::<(), candle_core::Error>(())
+            with_f32(&v, |v| match &mask {
+                Some(m) => with_f32(m, |m| compute(q, k, v, Some(m))),
+                None => {
+                    compute(q, k, v, None);
+                    Some(())
+                }
             })
         })
-    })
-    .flatten()
-    .flatten()
-    .ok_or_else(missing)??;
+    });
+    if done.flatten().flatten().flatten().is_none() {
+        candle_core::bail!("attention needs f32 tensors on the CPU");
+    }
     let device = q.device();
     Ok((
         Tensor::from_vec(out, (b, h, t, d), device)?,
@@ -341,7 +348,7 @@ fn attention_f32(
     ))
 }
 
-/// One query's attention (the portable version of `simd::attention_row`): its scores against
+/// One query's attention (the portable version of `simd::attention_rows`): its scores against
 /// every key (keys_t is (d, s)), scaled and masked, softmax into `probs` (s), and the weighted
 /// sum of the values (s, d) into `out` (d, zeros on entry).
 fn attention_row(

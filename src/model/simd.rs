@@ -489,8 +489,7 @@ unsafe fn silu_mul_k(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Queries per call of [`attention_rows`].
-pub const ATTENTION_ROWS: usize = 4;
+use super::ops::ATTENTION_ROWS;
 
 /// Attention for `rows` (at most [`ATTENTION_ROWS`]) queries of one head (see
 /// `ops::attention_f32`): `probs[r][j] = softmax_j(q_r . k_j * scale + mask[r][j])` and
