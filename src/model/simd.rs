@@ -491,7 +491,7 @@ unsafe fn silu_mul_k(gate: &[f32], up: &[f32], out: &mut [f32]) {
 
 use super::ops::ATTENTION_ROWS;
 
-/// Attention for `rows` (at most [`ATTENTION_ROWS`]) queries of one head (see
+/// Attention for `rows` (at most `ops::ATTENTION_ROWS` = 4) queries of one head (see
 /// `ops::attention_f32`): `probs[r][j] = softmax_j(q_r . k_j * scale + mask[r][j])` and
 /// `out[r] = sum over j of probs[r][j] v_j`. queries (rows, d), keys_t (d, s) the keys
 /// transposed, values (s, d), masks (rows, s), probs (rows, s), out (rows, d). Scores are summed
