@@ -240,24 +240,21 @@ unsafe fn pack_inputs(
 #[inline(always)]
 unsafe fn transpose(rows: &[__m512i; 16]) -> [__m512i; 16] {
     // 32-bit, then 64-bit interleaves within each 128-bit lane L: afterwards lane L of
-    // quads[4q + c] holds column 4L + c of rows 4q..4q + 4.
-    let pairs: [__m512i; 16] = std::array::from_fn(|i| {
-        let (a, b) = (rows[i & !1], rows[i | 1]);
-        if i % 2 == 0 {
-            _mm512_unpacklo_epi32(a, b)
-        } else {
-            _mm512_unpackhi_epi32(a, b)
+    // quads[4q + c] holds column 4L + c of rows 4q..4q + 4. (Loops, not closures: a closure
+    // does not inherit its caller's target features, so each intrinsic in it can become a call.)
+    let mut pairs = [_mm512_setzero_si512(); 16];
+    for i in (0..16).step_by(2) {
+        pairs[i] = _mm512_unpacklo_epi32(rows[i], rows[i + 1]);
+        pairs[i + 1] = _mm512_unpackhi_epi32(rows[i], rows[i + 1]);
+    }
+    let mut quads = [_mm512_setzero_si512(); 16];
+    for q in 0..4 {
+        for h in 0..2 {
+            let (a, b) = (pairs[4 * q + h], pairs[4 * q + h + 2]);
+            quads[4 * q + 2 * h] = _mm512_unpacklo_epi64(a, b);
+            quads[4 * q + 2 * h + 1] = _mm512_unpackhi_epi64(a, b);
         }
-    });
-    let quads: [__m512i; 16] = std::array::from_fn(|i| {
-        let (q, c) = (i / 4, i % 4);
-        let (a, b) = (pairs[4 * q + c / 2], pairs[4 * q + c / 2 + 2]);
-        if c % 2 == 0 {
-            _mm512_unpacklo_epi64(a, b)
-        } else {
-            _mm512_unpackhi_epi64(a, b)
-        }
-    });
+    }
     // Then gather the lanes: column 4L + c is lane L of quads[c], quads[4 + c], quads[8 + c],
     // quads[12 + c].
     let mut out = [_mm512_setzero_si512(); 16];

@@ -429,7 +429,10 @@ unsafe fn tile<const V: usize>(
     // Plain index loops with constant bounds: fully unrolled, so acc lives in registers.
     #[allow(clippy::needless_range_loop)]
     for kk in 0..k {
-        let x: [__m512; V] = std::array::from_fn(|v| _mm512_load_ps(xp.add(kk * MR + 16 * v)));
+        let mut x = [_mm512_setzero_ps(); V];
+        for v in 0..V {
+            x[v] = _mm512_load_ps(xp.add(kk * MR + 16 * v));
+        }
         for r in 0..NR {
             let wv = _mm512_set1_ps(*wp[r].add(kk));
             for v in 0..V {
@@ -526,6 +529,17 @@ pub fn attention_rows(
     }
 }
 
+/// Four runs of 16 values from `row` on, each loaded where its mask says (zeros elsewhere; no
+/// memory touched under a clear mask).
+#[inline(always)]
+unsafe fn masked_loads(live: &[__mmask16; 4], row: *const f32) -> [__m512; 4] {
+    let mut v = [_mm512_setzero_ps(); 4];
+    for (c, v) in v.iter_mut().enumerate() {
+        *v = _mm512_maskz_loadu_ps(live[c], row.wrapping_add(16 * c));
+    }
+    v
+}
+
 type AttentionArgs<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>, f32);
 
 // Index loops with constant bounds over several arrays in step: fully unrolled, registers.
@@ -577,8 +591,7 @@ unsafe fn attention_rows_k<const R: usize>(
         let mut acc = [[_mm512_setzero_ps(); 4]; R];
         for e in 0..d {
             let row = keys_t.as_ptr().add(e * s + j0);
-            let k: [__m512; 4] =
-                std::array::from_fn(|v| _mm512_maskz_loadu_ps(live[v], row.wrapping_add(16 * v)));
+            let k = masked_loads(&live, row);
             for r in 0..R {
                 let q = _mm512_set1_ps(*queries.get_unchecked(r * d + e));
                 for v in 0..4 {
@@ -614,8 +627,7 @@ unsafe fn attention_rows_k<const R: usize>(
                 continue;
             }
             let row = values.as_ptr().add(j * d + e0);
-            let v: [__m512; 4] =
-                std::array::from_fn(|c| _mm512_maskz_loadu_ps(live[c], row.wrapping_add(16 * c)));
+            let v = masked_loads(&live, row);
             for r in 0..R {
                 let p = _mm512_set1_ps(p[r]);
                 for c in 0..4 {
