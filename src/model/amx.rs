@@ -6,12 +6,17 @@
 //!
 //! * A block's weights are `d * q + m` with small integers q (0..15 for Q4_1, -8..7 for Q4_0,
 //!   -128..127 for Q8_0), and every such integer *is* a bf16 value. So a block's products are
-//!   `w . x = d * (q . x) + m * sum(x)`, with q as it is in the file and d, m applied in f32
+//!   `w . x = d * (q . x) + m * sum(x)`, with q as it is in the file and d applied in f32
 //!   afterwards, once per block (the formula of the decode kernel in `simd.rs`, and of ggml).
 //! * Every f32 input is split *exactly* into three bf16 parts, `x = hi + mid + lo` (hi is x
 //!   rounded to 8 bits, mid the remainder rounded to 8 bits, lo what is left, at most 8 bits).
 //!   Then `q . x = q . x_hi + q . x_mid + q . x_lo` with nothing dropped: each product of two
 //!   bf16 values is exact in f32, and AMX adds them in f32.
+//!
+//! Q4_1's offsets m (one f16 per block, so exactly two bf16 parts) are weights of their own,
+//! taken with the inputs' block sums (f32, three parts) as extra "columns": `sum over blocks of
+//! m * sum(x)` is one more tile product per 32 blocks, of five part products (the sixth, lo times
+//! m's second part, is below 2^-26 of each term, a quarter of f32's own rounding, and left out).
 //!
 //! The result is an f32 dot product of the dequantized weights with the f32 inputs, the terms
 //! grouped per block and added in another order (tested against f64 sums within a few f32
@@ -22,8 +27,13 @@
 //! Layout: the weights' integers are the A operand (16 weight rows x one block of 32 columns per
 //! tile, row-major) and the inputs the B operand (16 pairs of columns x 16 inputs, "VNNI" pairs,
 //! see [`Packed`]), so C (16 weight rows x 16 inputs) is a piece of the transposed output. A step
-//! takes 32 weight rows x 32 inputs: per block, 2 x 2 C tiles from three products each, then
-//! `d * C + m * sum(x)` added to the step's f32 results.
+//! takes 32 weight rows x 32 inputs: the offsets' products start its f32 results; then per block,
+//! 2 x 2 C tiles from three products each, stored and added times d to the results (two blocks
+//! per pass over them); at the end the results are transposed into the output.
+//!
+//! Measured on this kind of CPU (see docs/performance.md): the tile unit does one `tdpbf16ps` in
+//! about 16 cycles, but AVX-512 loads and shuffles barely overlap with it, so the time is close to
+//! the sum of the tile work and the AVX-512 work around it; the design keeps the latter small.
 
 use super::blocks::{BlockMatrix, BLOCK};
 use super::simd::{self, Columns, RowScales, Q4_0, Q4_1, Q8_0};
@@ -34,6 +44,8 @@ use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
+/// Blocks whose products are stored before they are scaled and added to the results in one pass.
+const EPILOGUE_BLOCKS: usize = 2;
 /// bf16 parts each f32 is split into.
 const PARTS: usize = 3;
 /// Weight rows per step: two tiles of 16.
@@ -162,14 +174,13 @@ unsafe fn widen(v: __m512i) -> (__m512, __m512) {
 }
 
 /// The inputs split into bf16 parts in AMX's B layout, in groups of `MR` = 32 inputs (zeros past
-/// the last): for group g, block kc of 32 columns, part p and half t of the group, tile
-/// `((g * blocks + kc) * PARTS + p) * 2 + t` has in row r the pairs
-/// `(x[i][32kc + 2r], x[i][32kc + 2r + 1])` of inputs `i = 32g + 16t + 0..16`.
+/// the last). A row of inputs is extended by its sums over each block of 32 columns (Q4_1's
+/// offsets m multiply them), zero-padded to a multiple of 32: `k / 32 + blocks.div_ceil(32)`
+/// "k-tiles" of 32 columns. For group g, k-tile kc, part p and half t of the group, tile
+/// `((g * ktiles + kc) * PARTS + p) * 2 + t` has in row r the pairs
+/// `(x[i][32kc + 2r], x[i][32kc + 2r + 1])` of inputs `i = 32g + 16t + 0..16` ("VNNI" pairs).
 pub struct Packed {
     tiles: Vec<Tile>,
-    /// Per group and block, the 32 inputs' sums over the block's 32 columns (zeros past the last
-    /// input): `sums[(g * blocks + kc) * 32 + i]`. Q4_1's offsets m multiply them.
-    sums: Vec<f32>,
     m: usize,
     k: usize,
 }
@@ -177,51 +188,63 @@ pub struct Packed {
 impl Packed {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         assert!(available() && k.is_multiple_of(BLOCK) && x.len() == m * k);
-        let group_tiles = k / BLOCK * GROUP_TILES;
+        let group_tiles = input_ktiles(k) * GROUP_TILES;
         let len = m.div_ceil(MR) * group_tiles;
         let mut tiles = Vec::with_capacity(len);
         let spare = &mut tiles.spare_capacity_mut()[..len];
-        let mut sums = vec![0f32; m.div_ceil(MR) * k];
-        let groups = spare.par_chunks_mut(group_tiles).zip(sums.par_chunks_mut(k));
-        groups.enumerate().for_each(|(g, (group, sums))| {
+        spare.par_chunks_mut(group_tiles).enumerate().for_each(|(g, group)| {
             for t in 0..2 {
                 let first = (g * MR + 16 * t).min(m);
                 let inputs = &x[first * k..(first + 16).min(m) * k];
                 // SAFETY: the CPU has AVX-512 and its BF16 extension (asserted above).
-                unsafe { pack_inputs(inputs, k, t, group, sums) };
+                unsafe { pack_inputs(inputs, k, t, group) };
             }
         });
         // SAFETY: pack_inputs wrote every tile of both halves of every group.
         unsafe { tiles.set_len(len) };
-        Packed { tiles, sums, m, k }
+        Packed { tiles, m, k }
     }
 
     fn group(&self, g: usize) -> *const u8 {
-        let group_tiles = self.k / BLOCK * GROUP_TILES;
+        let group_tiles = input_ktiles(self.k) * GROUP_TILES;
         self.tiles[g * group_tiles..(g + 1) * group_tiles].as_ptr() as *const u8
     }
 }
 
+/// k-tiles of an input row of k values: its k / 32 blocks, then its block sums.
+fn input_ktiles(k: usize) -> usize {
+    k / BLOCK + sum_ktiles(k / BLOCK)
+}
+
+/// k-tiles that hold one value per block (the block sums of x, the offsets m of Q4_1).
+fn sum_ktiles(blocks: usize) -> usize {
+    blocks.div_ceil(BLOCK)
+}
+
 /// Writes up to 16 inputs (`x`, rows of k values; zeros for the missing ones) as half t of a
-/// group's tiles (block by block, each input's 16 pairs per part, transposed so that tile row r
-/// holds pair r of every input), and their sums over each block into the group's `sums`.
+/// group's tiles: k-tile by k-tile, each input's 16 pairs per part, transposed so that tile row
+/// r holds pair r of every input; then the same for the inputs' block sums.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn pack_inputs(
-    x: &[f32],
-    k: usize,
-    t: usize,
-    group: &mut [MaybeUninit<Tile>],
-    sums: &mut [f32],
-) {
-    let inputs = x.len() / k;
-    assert!(inputs <= 16 && group.len() == k / BLOCK * GROUP_TILES && sums.len() == k);
+unsafe fn pack_inputs(x: &[f32], k: usize, t: usize, group: &mut [MaybeUninit<Tile>]) {
+    let (inputs, blocks) = (x.len() / k, k / BLOCK);
+    let ktiles = input_ktiles(k);
+    assert!(inputs <= 16 && group.len() == ktiles * GROUP_TILES);
+    // Each input's block sums, zero-padded to whole k-tiles.
+    let mut sums = vec![0f32; 16 * sum_ktiles(blocks) * BLOCK];
+    let sums_row = sum_ktiles(blocks) * BLOCK;
     let mut parts = [[_mm512_setzero_si512(); 16]; PARTS];
-    for kc in 0..k / BLOCK {
+    for kc in 0..ktiles {
         #[allow(clippy::needless_range_loop)] // i indexes the second dimension of parts
         for i in 0..inputs {
-            let values = x.as_ptr().add(i * k + kc * BLOCK);
+            let values = if kc < blocks {
+                x.as_ptr().add(i * k + kc * BLOCK)
+            } else {
+                sums.as_ptr().add(i * sums_row + (kc - blocks) * BLOCK)
+            };
             let (lo, hi) = (_mm512_loadu_ps(values), _mm512_loadu_ps(values.add(16)));
-            sums[kc * MR + 16 * t + i] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+            if kc < blocks {
+                sums[i * sums_row + kc] = _mm512_reduce_add_ps(_mm512_add_ps(lo, hi));
+            }
             let split = split(lo, hi);
             for p in 0..PARTS {
                 parts[p][i] = split[p];
@@ -295,83 +318,193 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
     let bb = w.kind.block_bytes();
     let rb = blocks * bb;
     assert!((first + width) * rb <= data.len());
-    // NR weight rows' integers as bf16, 2 tiles per block: a buffer of this thread's, kept
-    // between calls (every tile is written before it is read).
+    // Q4_1's offsets m, one per block, are weights of their own (see the module's notes).
+    let offset_tiles = if K == Q4_1 { sum_ktiles(blocks) } else { 0 };
+    // NR weight rows' integers as bf16, 2 tiles per block (rows 0..16, 16..32), then Q4_1's
+    // offsets in two bf16 parts, 4 tiles per k-tile (part p, half t at 2p + t): a buffer of this
+    // thread's, kept between calls (every tile is written before it is read).
     thread_local! {
         static STEP: RefCell<Vec<Tile>> = const { RefCell::new(Vec::new()) };
     }
+    let step_tiles = blocks * 2 + offset_tiles * 4;
     let mut step = STEP.take();
-    if step.len() < blocks * 2 {
-        step.resize(blocks * 2, ZERO_TILE);
+    if step.len() < step_tiles {
+        step.resize(step_tiles, ZERO_TILE);
     }
     let mut scales = RowScales::new(blocks);
-    // The step's scales and offsets, block-major: d[kc * NR + r].
-    let (mut d, mut offsets) = (vec![0f32; blocks * NR], vec![0f32; blocks * NR]);
+    let mut d = vec![0f32; blocks * NR]; // the step's scales, block-major: d[kc * NR + r]
     let groups = m.div_ceil(MR);
     let mut acc = vec![0f32; NR * MR]; // one group's results, weight rows x inputs
-    let mut c = [[0f32; 256]; 4]; // the four C tiles of a block, stored
-    let indices = _mm512_mullo_epi32(
-        _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-        _mm512_set1_epi32(MR as i32),
-    );
+    let mut c = [[[0f32; 256]; 4]; EPILOGUE_BLOCKS]; // the C tiles of a few blocks, stored
     let _registers = TileRegisters::configure();
     for p0 in (0..width).step_by(NR) {
         let nr = NR.min(width - p0);
         super::blocks::prefetch(data, (first + p0 + NR) * rb, NR * rb);
+        let tiles = step.as_mut_ptr();
         for r in 0..NR {
-            let line = (r % 16) * 64;
-            if r < nr {
-                let row = data.as_ptr().add((first + p0 + r) * rb);
-                scales.read::<K>(row, blocks, bb);
+            // Row r of tile `tile` + r / 16 (inside `step`: its length was checked above).
+            let line = |tile: usize| (tiles.add(tile + r / 16) as *mut u8).add((r % 16) * 64);
+            let line = |tile: usize| line(tile) as *mut __m512i;
+            if r >= nr {
                 for kc in 0..blocks {
-                    let (lo, hi) = simd::integers::<K>(row.add(kc * bb));
-                    let tile = step[kc * 2 + r / 16].0.as_mut_ptr().add(line);
-                    _mm512_store_si512(tile as *mut __m512i, bf16(lo, hi)); // exact: |q| <= 128
-                    d[kc * NR + r] = scales.d[kc];
-                    offsets[kc * NR + r] = if K == Q4_1 { scales.m[kc] } else { 0.0 };
-                }
-            } else {
-                for kc in 0..blocks {
-                    let tile = step[kc * 2 + r / 16].0.as_mut_ptr().add(line);
-                    _mm512_store_si512(tile as *mut __m512i, _mm512_setzero_si512());
+                    _mm512_store_si512(line(kc * 2), _mm512_setzero_si512());
                     d[kc * NR + r] = 0.0;
-                    offsets[kc * NR + r] = 0.0;
+                }
+                for t in 0..offset_tiles * 2 {
+                    _mm512_store_si512(line(blocks * 2 + t * 2), _mm512_setzero_si512());
+                }
+                continue;
+            }
+            let row = data.as_ptr().add((first + p0 + r) * rb);
+            scales.read::<K>(row, blocks, bb);
+            for kc in 0..blocks {
+                let (lo, hi) = simd::integers::<K>(row.add(kc * bb));
+                _mm512_store_si512(line(kc * 2), bf16(lo, hi)); // exact: |q| <= 128
+                d[kc * NR + r] = scales.d[kc];
+            }
+            for j in 0..offset_tiles {
+                // Q4_1's m: an f16 value, so its first two parts are all of it.
+                let at = j * BLOCK;
+                let mask = |from: usize| ((1u32 << blocks.saturating_sub(from).min(16)) - 1) as u16;
+                let m = scales.m.as_ptr();
+                let parts = split(
+                    _mm512_maskz_loadu_ps(mask(at), m.wrapping_add(at)),
+                    _mm512_maskz_loadu_ps(mask(at + 16), m.wrapping_add(at + 16)),
+                );
+                for (p, &part) in parts[..2].iter().enumerate() {
+                    _mm512_store_si512(line(blocks * 2 + (j * 2 + p) * 2), part);
                 }
             }
         }
         for g in 0..groups {
-            acc.fill(0.0);
             let inputs = packed.group(g);
-            for kc in 0..blocks {
-                let a = (step.as_ptr() as *const u8).add(kc * 2 * TILE_BYTES);
-                let b = inputs.add(kc * GROUP_TILES * TILE_BYTES);
-                block_products(a, b, &mut c);
-                // acc[n][i] += d[n] * (q_n . x_i over the block) + m[n] * sum of x_i over it
-                let sums = packed.sums.as_ptr().add((g * blocks + kc) * MR);
-                let sums = [_mm512_loadu_ps(sums), _mm512_loadu_ps(sums.add(16))];
+            let b = |kc: usize| inputs.add(kc * GROUP_TILES * TILE_BYTES);
+            // acc starts as Q4_1's m . sums(x) (tile products, 5 per k-tile), or zeros.
+            zero_sums();
+            for j in 0..offset_tiles {
+                let a = (step.as_ptr() as *const u8).add((blocks * 2 + j * 4) * TILE_BYTES);
+                offset_products(a, b(blocks + j));
+            }
+            store_sums_strided(acc.as_mut_ptr());
+            // EPILOGUE_BLOCKS blocks at a time: acc[n][i] += d[n] * (q_n . x_i over each block).
+            for kc in (0..blocks).step_by(EPILOGUE_BLOCKS) {
+                let count = (blocks - kc).min(EPILOGUE_BLOCKS);
+                for (h, c) in c.iter_mut().enumerate().take(count) {
+                    let a = (step.as_ptr() as *const u8).add((kc + h) * 2 * TILE_BYTES);
+                    block_products(a, b(kc + h), c);
+                }
                 for n in 0..NR {
-                    let scale = _mm512_set1_ps(*d.get_unchecked(kc * NR + n));
-                    let offset = _mm512_set1_ps(*offsets.get_unchecked(kc * NR + n));
-                    for (t, &sum) in sums.iter().enumerate() {
-                        let dots = _mm512_loadu_ps(c[2 * (n / 16) + t].as_ptr().add(16 * (n % 16)));
+                    for t in 0..2 {
+                        let tile = 2 * (n / 16) + t;
                         let at = acc.as_mut_ptr().add(n * MR + 16 * t);
-                        let mut v = _mm512_fmadd_ps(dots, scale, _mm512_loadu_ps(at));
-                        if K == Q4_1 {
-                            v = _mm512_fmadd_ps(offset, sum, v);
+                        let mut v = _mm512_loadu_ps(at);
+                        for (h, c) in c.iter().enumerate().take(count) {
+                            let scale = _mm512_set1_ps(*d.get_unchecked((kc + h) * NR + n));
+                            let dots = _mm512_loadu_ps(c[tile].as_ptr().add(16 * (n % 16)));
+                            v = _mm512_fmadd_ps(dots, scale, v);
                         }
                         _mm512_storeu_ps(at, v);
                     }
                 }
             }
-            // acc[n][i]: an input's 32 weight rows are a column of acc, MR floats apart.
-            for i in 0..MR.min(m - g * MR) {
-                let first = _mm512_i32gather_ps::<4>(indices, acc.as_ptr().add(i));
-                let second = _mm512_i32gather_ps::<4>(indices, acc.as_ptr().add(16 * MR + i));
-                out.store_run32(g * MR + i, p0, first, second, nr);
+            // acc[n][i]: an input's 32 results are a column of acc; transposed in 16 x 16 blocks.
+            for t in 0..2 {
+                let block = |half: usize| {
+                    let mut rows = [_mm512_setzero_si512(); 16];
+                    for (r, row) in rows.iter_mut().enumerate() {
+                        let at = acc.as_ptr().add((16 * half + r) * MR + 16 * t);
+                        *row = _mm512_loadu_si512(at as *const _);
+                    }
+                    transpose(&rows)
+                };
+                let (low, high) = (block(0), block(1));
+                for i in 0..16.min(m.saturating_sub(g * MR + 16 * t)) {
+                    let (a, b) = (_mm512_castsi512_ps(low[i]), _mm512_castsi512_ps(high[i]));
+                    out.store_run32(g * MR + 16 * t + i, p0, a, b, nr);
+                }
             }
         }
     }
     STEP.set(step);
+}
+
+/// Clears the sums tmm0..tmm3: (weight rows, inputs) = (0..16, 0..16), (0..16, 16..32),
+/// (16..32, 0..16), (16..32, 16..32).
+#[inline(always)]
+unsafe fn zero_sums() {
+    asm!(
+        "tilezero tmm0",
+        "tilezero tmm1",
+        "tilezero tmm2",
+        "tilezero tmm3",
+        options(nostack, nomem)
+    );
+}
+
+/// Stores tmm0..tmm3 into `acc`, a group's results (NR weight rows x MR inputs, row-major).
+#[inline(always)]
+unsafe fn store_sums_strided(acc: *mut f32) {
+    asm!(
+        "tilestored [{c} + {s}*1], tmm0",
+        "tilestored [{c} + {s}*1 + 64], tmm1",
+        "tilestored [{c} + {s}*1 + 2048], tmm2",
+        "tilestored [{c} + {s}*1 + 2112], tmm3",
+        c = in(reg) acc,
+        s = in(reg) MR * 4,
+        options(nostack),
+    );
+}
+
+/// Adds one k-tile of Q4_1's offsets times the inputs' block sums to tmm0..tmm3: `a` the
+/// offsets' tiles (part p, half t at `(2p + t) * 1024`), `b` a group's sums tiles (the same,
+/// three parts). With s = s0 + s1 + s2 and m = m0 + m1, the five products s_i . m_j with
+/// i + j <= 2: s2 . m1 is below 2^-26 of |s| |m| per term, a quarter of f32's own rounding, and
+/// left out. The smallest go first.
+#[inline(always)]
+unsafe fn offset_products(a: *const u8, b: *const u8) {
+    asm!(
+        "tileloadd tmm4, [{a} + {s}*1]",
+        "tileloadd tmm5, [{a} + {s}*1 + 1024]",
+        // x2 . w0
+        "tileloadd tmm6, [{b} + {s}*1 + 4096]",
+        "tileloadd tmm7, [{b} + {s}*1 + 5120]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        // x1 . w0
+        "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+        "tileloadd tmm7, [{b} + {s}*1 + 3072]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        // x1 . w1
+        "tileloadd tmm4, [{a} + {s}*1 + 2048]",
+        "tileloadd tmm5, [{a} + {s}*1 + 3072]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        // x0 . w1
+        "tileloadd tmm6, [{b} + {s}*1]",
+        "tileloadd tmm7, [{b} + {s}*1 + 1024]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        // x0 . w0
+        "tileloadd tmm4, [{a} + {s}*1]",
+        "tileloadd tmm5, [{a} + {s}*1 + 1024]",
+        "tdpbf16ps tmm0, tmm4, tmm6",
+        "tdpbf16ps tmm1, tmm4, tmm7",
+        "tdpbf16ps tmm2, tmm5, tmm6",
+        "tdpbf16ps tmm3, tmm5, tmm7",
+        a = in(reg) a,
+        b = in(reg) b,
+        s = in(reg) 64usize,
+        options(nostack, readonly),
+    );
 }
 
 /// The products of one block for one step: `a` the two tiles of the weights' integers (rows
@@ -502,14 +635,17 @@ mod tests {
             return;
         }
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
-            for (rows, k, m) in [(45, 64, 9), (32, 608, 33), (70, 96, 128), (16, 32, 1)] {
+            // Blocks: 2, 19, 3, 1 and 34 (two k-tiles of Q4_1 offsets, the second partial).
+            let shapes = [(45, 64, 9), (32, 608, 33), (70, 96, 128), (16, 32, 1), (40, 1088, 20)];
+            for ((rows, k, m), width) in shapes.into_iter().flat_map(|s| [(s, NR), (s, 2 * NR)]) {
                 let (_, w) = quantized(kind, rows, k);
                 let dense: Vec<f32> =
                     w.dequantize(&Device::Cpu).unwrap().flatten_all().unwrap().to_vec1().unwrap();
                 let x = values(m * k, rows as u64 * 31 + k as u64);
                 let packed = Packed::new(&x, m, k);
                 let mut out = vec![MaybeUninit::new(f32::NAN); m * rows];
-                for mut window in column_windows(&mut out, m, rows, NR) {
+                // Windows of one step, and of two (the step buffer used again).
+                for mut window in column_windows(&mut out, m, rows, width) {
                     panel_rows(&w, &packed, &mut window);
                 }
                 // SAFETY: initialized above (and then overwritten by the kernel).
@@ -537,7 +673,7 @@ mod tests {
                         let allowed = size * 2f64.powi(-24) * 8.0;
                         assert!(
                             (got - exact).abs() <= allowed,
-                            "{kind:?} {rows}x{k} m={m} [{i}][{j}]: {got} vs {exact}"
+                            "{kind:?} {rows}x{k} m={m} width {width} [{i}][{j}]: {got} vs {exact}"
                         );
                     }
                 }
