@@ -126,6 +126,32 @@ fn kv_cache_logits_equal_full_pass_logits() {
     assert!(d <= 1e-5, "cached vs full: {d}");
 }
 
+/// `next_logits` computes the last layer at the last position only (keys and values at all):
+/// its logits equal the full pass's last row, and the cache it leaves serves the next tokens.
+#[test]
+fn next_token_logits_and_their_cache_equal_the_full_pass() {
+    let m = load(&tiny_dir(), DType::F32);
+    let ids = m.tokenizer.encode_ids("Hello, world! 123 The capital of Finland is").unwrap();
+    let full = m.model.logits(&ids).unwrap().squeeze(0).unwrap(); // (n, v)
+    let row = |i: usize| flat(&full.get(i).unwrap());
+
+    let mut cache = KvCache::new();
+    let first = m.model.next_logits(&ids[..6], &mut cache).unwrap();
+    assert_eq!(cache.len(), 6);
+    let d = max_diff(&flat(&first), &row(5));
+    assert!(d <= 1e-5, "prefill's next-token logits vs the full pass: {d}");
+    // A second prompt chunk of several tokens, then single tokens, on the same cache.
+    let chunk = m.model.next_logits(&ids[6..9], &mut cache).unwrap();
+    let d = max_diff(&flat(&chunk), &row(8));
+    assert!(d <= 1e-5, "second chunk: {d}");
+    for (i, &id) in ids.iter().enumerate().skip(9) {
+        let next = m.model.next_logits(&[id], &mut cache).unwrap();
+        let d = max_diff(&flat(&next), &row(i));
+        assert!(d <= 1e-5, "token {i}: {d}");
+    }
+    assert_eq!(cache.len(), ids.len());
+}
+
 #[test]
 fn half_precision_dtypes_run_close_to_f32() {
     let ids = [277u32, 308, 279, 446, 275];

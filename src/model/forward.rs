@@ -175,6 +175,10 @@ impl Llama {
         let mask = (t > 1).then(|| causal_mask(t, offset, &self.device)).transpose()?; // (t, s)
         let mask = mask.map(|m| m.to_dtype(self.dtype)).transpose()?;
 
+        // With only the next token's logits wanted (and nothing captured), the last layer needs
+        // keys and values at every position but the rest at the last one only (llama.cpp does
+        // the same; transformers computes every position and keeps the last).
+        let last_only = matches!(logits_for, Logits::Last) && capture.is_none() && t > 1;
         for (i, layer) in w.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| {
                 if c.layers.len() < w.layers.len() {
@@ -182,7 +186,9 @@ impl Llama {
                 }
                 &mut c.layers[i]
             });
-            let (out, probs) = self.decoder_layer(layer, &x, &cos, &sin, mask.as_ref(), kv)?;
+            let rows = if last_only && i + 1 == w.layers.len() { Rows::Last } else { Rows::All };
+            let (out, probs) =
+                self.decoder_layer(layer, &x, &cos, &sin, mask.as_ref(), kv, rows)?;
             x = out; // (b, t, c)
             if let Some(cap) = capture.as_deref_mut() {
                 if cap.hidden_states {
@@ -205,13 +211,16 @@ impl Llama {
         // logits = self.lm_head(hidden_states[:, slice_indices, :])
         let x = match logits_for {
             Logits::All => x,
-            Logits::Last => x.narrow(1, t - 1, 1)?, // (b, 1, c)
+            Logits::Last => x.narrow(1, x.dim(1)? - 1, 1)?, // (b, 1, c)
         };
         let logits = w.lm_head.forward(&x)?; // (b, t or 1, v)
         Ok(logits.to_dtype(DType::F32)?)
     }
 
-    /// One LlamaDecoderLayer. Returns its output (b, t, c) and attention probabilities (b, h, t, s).
+    /// One LlamaDecoderLayer. Returns its output (b, t, c) and attention probabilities
+    /// (b, h, t, s); with `Rows::Last`, those of the last position only (t = 1), the keys and
+    /// values of every position still going to the cache.
+    #[allow(clippy::too_many_arguments)] // the layer's inputs, as transformers passes them
     fn decoder_layer(
         &self,
         layer: &LayerWeights,
@@ -220,16 +229,21 @@ impl Llama {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<LayerCache>>,
+        rows: Rows,
     ) -> Result<(Tensor, Tensor)> {
         let eps = self.cfg.rms_norm_eps;
         // hidden_states = self.input_layernorm(hidden_states)
         let h = rms_norm(x, &layer.input_layernorm, eps)?; // (b, t, c)
 
         // hidden_states, attn_weights = self.self_attn(...)
-        let (attn, probs) = self.attention(layer, &h, cos, sin, mask, cache)?; // (b, t, c)
+        let (attn, probs) = self.attention(layer, &h, cos, sin, mask, cache, rows)?; // (b, t, c)
+        let x = match rows {
+            Rows::All => x.clone(),
+            Rows::Last => x.narrow(1, x.dim(1)? - 1, 1)?, // (b, 1, c)
+        };
 
         // hidden_states = residual + hidden_states
-        let x = (x + attn)?; // (b, t, c)
+        let x = (&x + attn)?; // (b, t, c)
 
         // hidden_states = self.post_attention_layernorm(hidden_states)
         let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?; // (b, t, c)
@@ -243,6 +257,8 @@ impl Llama {
     }
 
     /// LlamaAttention: grouped-query self-attention with rotary embeddings and a causal mask.
+    /// With `Rows::Last`, only the last position's query (keys and values of all).
+    #[allow(clippy::too_many_arguments)] // the layer's inputs, as transformers passes them
     fn attention(
         &self,
         layer: &LayerWeights,
@@ -251,17 +267,29 @@ impl Llama {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<LayerCache>>,
+        rows: Rows,
     ) -> Result<(Tensor, Tensor)> {
         let cfg = &self.cfg;
         let (b, t, _c) = x.dims3()?;
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
 
         // query_states = q_proj(x).view(b, t, h, d).transpose(1, 2), likewise k and v
-        let [q, k, v] = products(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], x)?;
         // ... with apply_rotary_pos_emb(q, k, cos, sin) in the same pass for q and k
-        let q = rope_heads(&q, h, cos, sin)?; // (b, h, t, d)
+        let (q, k, v, mask, t) = match rows {
+            Rows::All => {
+                let [q, k, v] = products(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], x)?;
+                (rope_heads(&q, h, cos, sin)?, k, v, mask, t) // q: (b, h, t, d)
+            }
+            Rows::Last => {
+                let [k, v] = products(&[&layer.k_proj, &layer.v_proj], x)?;
+                let q = layer.q_proj.forward(&x.narrow(1, t - 1, 1)?)?; // (b, 1, h*d)
+                let (cos, sin) = (cos.narrow(0, t - 1, 1)?, sin.narrow(0, t - 1, 1)?);
+                // The last query sees every key: no mask, as for a single token.
+                (rope_heads(&q, h, &cos, &sin)?, k, v, None, 1) // q: (b, h, 1, d)
+            }
+        };
         let k = rope_heads(&k, kv, cos, sin)?; // (b, kv, t, d)
-        let v = v.reshape((b, t, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
+        let v = v.reshape((b, v.dim(1)?, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
 
         // past_key_value.update(k, v): append to the cache
         let (k, v) = match cache {
@@ -308,6 +336,14 @@ fn products<const N: usize>(ms: &[&Matrix; N], x: &Tensor) -> Result<[Tensor; N]
 #[derive(Debug, Clone, Copy)]
 enum Logits {
     All,
+    Last,
+}
+
+/// The positions a decoder layer computes its output for.
+#[derive(Clone, Copy)]
+enum Rows {
+    All,
+    /// The last one only (keys and values still of all).
     Last,
 }
 
