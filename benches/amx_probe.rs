@@ -122,7 +122,54 @@ mod probe {
         }
     }
 
-    const VARIANTS: [&str; 7] = [
+    /// Half a block: the products of the block's 32 weight rows (`a`, 2 tiles) with 16 inputs
+    /// (`b`, 3 parts at 2 KiB apart) into C set X = tmm0, tmm1 or (`Y`) tmm2, tmm3.
+    #[inline(always)]
+    unsafe fn half<const Y: bool>(a: *const u8, b: *const u8) {
+        unsafe {
+            if Y {
+                asm!(
+                    "tilezero tmm2", "tilezero tmm3",
+                    "tileloadd tmm4, [{a} + {s}*1]", "tileloadd tmm5, [{a} + {s}*1 + 1024]",
+                    "tileloadd tmm6, [{b} + {s}*1]",
+                    "tdpbf16ps tmm2, tmm4, tmm6", "tdpbf16ps tmm3, tmm5, tmm6",
+                    "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+                    "tdpbf16ps tmm2, tmm4, tmm6", "tdpbf16ps tmm3, tmm5, tmm6",
+                    "tileloadd tmm6, [{b} + {s}*1 + 4096]",
+                    "tdpbf16ps tmm2, tmm4, tmm6", "tdpbf16ps tmm3, tmm5, tmm6",
+                    a = in(reg) a, b = in(reg) b, s = in(reg) 64usize, options(nostack, readonly),
+                );
+            } else {
+                asm!(
+                    "tilezero tmm0", "tilezero tmm1",
+                    "tileloadd tmm4, [{a} + {s}*1]", "tileloadd tmm5, [{a} + {s}*1 + 1024]",
+                    "tileloadd tmm6, [{b} + {s}*1]",
+                    "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm5, tmm6",
+                    "tileloadd tmm6, [{b} + {s}*1 + 2048]",
+                    "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm5, tmm6",
+                    "tileloadd tmm6, [{b} + {s}*1 + 4096]",
+                    "tdpbf16ps tmm0, tmm4, tmm6", "tdpbf16ps tmm1, tmm5, tmm6",
+                    a = in(reg) a, b = in(reg) b, s = in(reg) 64usize, options(nostack, readonly),
+                );
+            }
+        }
+    }
+
+    /// Stores C set X (tmm0, tmm1) or Y (tmm2, tmm3) to `c`.
+    #[inline(always)]
+    unsafe fn store_half<const Y: bool>(c: *mut u8) {
+        unsafe {
+            if Y {
+                asm!("tilestored [{c} + {s}*1], tmm2", "tilestored [{c} + {s}*1 + 1024], tmm3",
+                    c = in(reg) c, s = in(reg) 64usize, options(nostack));
+            } else {
+                asm!("tilestored [{c} + {s}*1], tmm0", "tilestored [{c} + {s}*1 + 1024], tmm1",
+                    c = in(reg) c, s = in(reg) 64usize, options(nostack));
+            }
+        }
+    }
+
+    const VARIANTS: [&str; 9] = [
         "tile work of a block (12 products, C tiles stored)",
         "the same without storing the C tiles",
         "scaling a block's results, AVX-512 (acc += d * C, 64 rows)",
@@ -130,6 +177,8 @@ mod probe {
         "64 FMAs on registers only",
         "tile work (no stores), then the 64 register FMAs",
         "folded variant: 20 products of one k-tile, no stores",
+        "pipelined halves: one half's C stored while the other half's products run",
+        "pipelined halves, then the scaling",
     ];
 
     /// Nanoseconds per block of variant v over `n` blocks.
@@ -159,7 +208,20 @@ mod probe {
                         block::<false>(b, cp);
                         regs = register_fmas(regs);
                     }
-                    _ => five_products(p.add(160 * 1024 + (i % 19) * 4096), b),
+                    6 => five_products(p.add(160 * 1024 + (i % 19) * 4096), b),
+                    _ => {
+                        // The block's inputs 0..16 into X; the previous block's Y stored (its
+                        // products were queued before X's); inputs 16..32 into Y; X stored.
+                        half::<false>(b, b.add(2048));
+                        if i > 0 {
+                            store_half::<true>(cp.add(2048));
+                        }
+                        half::<true>(b, b.add(3072));
+                        store_half::<false>(cp);
+                        if v == 8 {
+                            scale(cp as *const f32, acc.as_mut_ptr(), d.as_ptr());
+                        }
+                    }
                 }
             }
         }
