@@ -4,8 +4,8 @@
 //! overlap. Single thread, data in L1/L2, random bf16 values.
 //!
 //! `cargo bench --bench amx_probe` prints nanoseconds per block for each variant. On a machine
-//! without AMX it says so and exits. Under `cargo test` it runs each variant briefly (a smoke
-//! test of the probe itself).
+//! without AMX it says so and exits. Under `cargo test --all-targets` (scripts/test.sh) it runs
+//! each variant briefly (a smoke test of the probe itself).
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
 mod probe {

@@ -16,7 +16,8 @@
 //! Q4_1's offsets m (one f16 per block, so exactly two bf16 parts) are weights of their own,
 //! taken with the inputs' block sums (f32, three parts) as extra "columns": `sum over blocks of
 //! m * sum(x)` is one more tile product per 32 blocks, of five part products (the sixth, lo times
-//! m's second part, is below 2^-26 of each term, a quarter of f32's own rounding, and left out).
+//! m's second part, is below 2^-25 of each term, half of f32's unit roundoff, and left out: lo is
+//! at most 2^-17 of the sum, m's second part at most 2^-8 of m).
 //!
 //! The result is an f32 dot product of the dequantized weights with the f32 inputs, the terms
 //! grouped per block and added in another order (tested against f64 sums within a few f32
@@ -54,7 +55,8 @@ pub const NR: usize = 32;
 const MR: usize = 32;
 /// Bytes of one tile: 16 rows of 64 bytes.
 const TILE_BYTES: usize = 1024;
-/// Tiles per block of 32 columns of a group of inputs: PARTS parts x 2 tiles of 16 inputs.
+/// Tiles per k-tile (32 columns: a block, or 32 block sums) of a group of inputs: PARTS parts x 2
+/// tiles of 16 inputs.
 const GROUP_TILES: usize = PARTS * 2;
 
 /// Whether the AMX kernel runs here: a CPU with AMX-TILE and AMX-BF16 (and the AVX-512 that
@@ -458,8 +460,9 @@ unsafe fn store_sums_strided(acc: *mut f32) {
 /// Adds one k-tile of Q4_1's offsets times the inputs' block sums to tmm0..tmm3: `a` the
 /// offsets' tiles (part p, half t at `(2p + t) * 1024`), `b` a group's sums tiles (the same,
 /// three parts). With s = s0 + s1 + s2 and m = m0 + m1, the five products s_i . m_j with
-/// i + j <= 2: s2 . m1 is below 2^-26 of |s| |m| per term, a quarter of f32's own rounding, and
-/// left out. The smallest go first.
+/// i + j <= 2: s2 . m1 is below 2^-25 of |s| |m| per term (|s2| <= 2^-17 |s|, |m1| <= 2^-8 |m|),
+/// half of f32's unit roundoff, and left out. The order reuses the loaded tiles (roughly the
+/// smallest first).
 #[inline(always)]
 unsafe fn offset_products(a: *const u8, b: *const u8) {
     asm!(
