@@ -10,7 +10,9 @@
 //! Shapes: b = batch, t = new tokens, s = all tokens so far (cache + new), c = hidden size,
 //! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
 
-use super::ops::{attention, causal_mask, rms_norm, rope_heads, silu_mul, RopeTables};
+use super::ops::{
+    add_rms_norm, attention, causal_mask, rms_norm, rope_heads, silu_mul, RopeTables,
+};
 use super::weights::{LayerWeights, Matrix, Weights};
 use crate::config::Config;
 use anyhow::{ensure, Result};
@@ -179,6 +181,11 @@ impl Llama {
         // keys and values at every position but the rest at the last one only (llama.cpp does
         // the same; transformers computes every position and keeps the last).
         let last_only = matches!(logits_for, Logits::Last) && capture.is_none() && t > 1;
+        let eps = self.cfg.rms_norm_eps;
+        // Each residual add comes with the RMSNorm that follows it (one pass): the first layer's
+        // input_layernorm here, every later one (and the final norm) at the end of a layer.
+        let first_norm = w.layers.first().map_or(&w.norm, |l| &l.input_layernorm);
+        let mut h = rms_norm(&x, first_norm, eps)?; // (b, t, c)
         for (i, layer) in w.layers.iter().enumerate() {
             let kv = cache.as_deref_mut().map(|c| {
                 if c.layers.len() < w.layers.len() {
@@ -187,9 +194,10 @@ impl Llama {
                 &mut c.layers[i]
             });
             let rows = if last_only && i + 1 == w.layers.len() { Rows::Last } else { Rows::All };
-            let (out, probs) =
-                self.decoder_layer(layer, &x, &cos, &sin, mask.as_ref(), kv, rows)?;
-            x = out; // (b, t, c)
+            let next_norm = w.layers.get(i + 1).map_or(&w.norm, |l| &l.input_layernorm);
+            let (out, normed, probs) =
+                self.decoder_layer(layer, &x, &h, next_norm, &cos, &sin, mask.as_ref(), kv, rows)?;
+            (x, h) = (out, normed); // (b, t, c) each
             if let Some(cap) = capture.as_deref_mut() {
                 if cap.hidden_states {
                     cap.hidden.push(x.clone());
@@ -203,8 +211,8 @@ impl Llama {
             c.len += t;
         }
 
-        // hidden_states = self.norm(hidden_states)
-        let x = rms_norm(&x, &w.norm, self.cfg.rms_norm_eps)?; // (b, t, c)
+        // hidden_states = self.norm(hidden_states): done with the last residual add
+        let x = h; // (b, t, c)
         if let Some(cap) = capture.filter(|c| c.hidden_states) {
             cap.final_norm = Some(x.clone());
         }
@@ -217,43 +225,42 @@ impl Llama {
         Ok(logits.to_dtype(DType::F32)?)
     }
 
-    /// One LlamaDecoderLayer. Returns its output (b, t, c) and attention probabilities
-    /// (b, h, t, s); with `Rows::Last`, those of the last position only (t = 1), the keys and
-    /// values of every position still going to the cache.
+    /// One LlamaDecoderLayer, given its input x and `h`, x's input_layernorm. Returns its output
+    /// (b, t, c), that output normed with `next_norm` (the next layer's input_layernorm, or the
+    /// model's final norm), and the attention probabilities (b, h, t, s); with `Rows::Last`, all
+    /// of the last position only (t = 1), the keys and values of every position still going to
+    /// the cache.
     #[allow(clippy::too_many_arguments)] // the layer's inputs, as transformers passes them
     fn decoder_layer(
         &self,
         layer: &LayerWeights,
         x: &Tensor,
+        h: &Tensor,
+        next_norm: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<LayerCache>>,
         rows: Rows,
-    ) -> Result<(Tensor, Tensor)> {
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let eps = self.cfg.rms_norm_eps;
-        // hidden_states = self.input_layernorm(hidden_states)
-        let h = rms_norm(x, &layer.input_layernorm, eps)?; // (b, t, c)
-
-        // hidden_states, attn_weights = self.self_attn(...)
-        let (attn, probs) = self.attention(layer, &h, cos, sin, mask, cache, rows)?; // (b, t, c)
+        // hidden_states, attn_weights = self.self_attn(self.input_layernorm(hidden_states), ...)
+        let (attn, probs) = self.attention(layer, h, cos, sin, mask, cache, rows)?; // (b, t, c)
         let x = match rows {
             Rows::All => x.clone(),
             Rows::Last => x.narrow(1, x.dim(1)? - 1, 1)?, // (b, 1, c)
         };
 
-        // hidden_states = residual + hidden_states
-        let x = (&x + attn)?; // (b, t, c)
-
-        // hidden_states = self.post_attention_layernorm(hidden_states)
-        let h = rms_norm(&x, &layer.post_attention_layernorm, eps)?; // (b, t, c)
+        // hidden_states = residual + hidden_states; self.post_attention_layernorm(hidden_states)
+        let (x, h) = add_rms_norm(&x, &attn, &layer.post_attention_layernorm, eps)?; // (b, t, c)
 
         // SwiGLU: down_proj(act_fn(gate_proj(x)) * up_proj(x))
         let [gate, up] = products(&[&layer.gate_proj, &layer.up_proj], &h)?; // (b, t, f) each
         let mlp = layer.down_proj.forward(&silu_mul(&gate, &up)?)?; // (b, t, c)
 
-        // hidden_states = residual + hidden_states
-        Ok(((x + mlp)?, probs))
+        // hidden_states = residual + hidden_states, and the next norm of it
+        let (x, normed) = add_rms_norm(&x, &mlp, next_norm, eps)?; // (b, t, c) each
+        Ok((x, normed, probs))
     }
 
     /// LlamaAttention: grouped-query self-attention with rotary embeddings and a causal mask.

@@ -45,21 +45,66 @@ fn rms_norm_rows(x: &[f32], weight: &[f32], c: usize, eps: f32) -> Vec<f32> {
     use rayon::prelude::*;
     let mut out = vec![0f32; x.len()];
     let rows = x.par_chunks(c).zip(out.par_chunks_mut(c));
-    rows.with_min_len(16).for_each(|(x, out)| {
-        let mut sums = [0f32; 16];
-        let chunks = x.chunks_exact(16);
-        let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
-        for chunk in chunks {
-            for (s, v) in sums.iter_mut().zip(chunk) {
-                *s += v * v;
-            }
-        }
-        let m = ((sums.iter().sum::<f32>() + tail) / c as f32 + eps).sqrt();
-        for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
-            *o = v / m * w;
-        }
-    });
+    rows.with_min_len(16).for_each(|(x, out)| norm_row(x, weight, c, eps, out));
     out
+}
+
+/// One row of [`rms_norm_rows`].
+#[inline(always)]
+fn norm_row(x: &[f32], weight: &[f32], c: usize, eps: f32, out: &mut [f32]) {
+    let mut sums = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for chunk in chunks {
+        for (s, v) in sums.iter_mut().zip(chunk) {
+            *s += v * v;
+        }
+    }
+    let m = ((sums.iter().sum::<f32>() + tail) / c as f32 + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v / m * w;
+    }
+}
+
+/// `x + y` (a residual add) and the RMSNorm of it, the two tensors the next step needs. For f32
+/// in one pass over the rows, in parallel: the same values as the add and [`rms_norm`] one after
+/// the other, without the add's separate, single-threaded pass.
+pub fn add_rms_norm(x: &Tensor, y: &Tensor, weight: &Tensor, eps: f64) -> Result<(Tensor, Tensor)> {
+    let c = x.dim(D::Minus1)?;
+    let fits = x.shape() == y.shape() && weight.dtype() == DType::F32 && weight.elem_count() == c;
+    if fits && c > 0 {
+        let fast = with_f32(x, |x| {
+            with_f32(y, |y| with_f32(weight, |w| add_rms_norm_rows(x, y, w, c, eps as f32)))
+        });
+        if let Some(Some(Some((sum, normed)))) = fast {
+            let sum = Tensor::from_vec(sum, x.shape(), x.device())?;
+            return Ok((sum, Tensor::from_vec(normed, x.shape(), x.device())?));
+        }
+    }
+    let sum = (x + y)?;
+    let normed = rms_norm(&sum, weight, eps)?;
+    Ok((sum, normed))
+}
+
+/// Rows of `x + y`, and [`rms_norm_rows`] of them.
+fn add_rms_norm_rows(
+    x: &[f32],
+    y: &[f32],
+    weight: &[f32],
+    c: usize,
+    eps: f32,
+) -> (Vec<f32>, Vec<f32>) {
+    use rayon::prelude::*;
+    let (mut sum, mut out) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+    let rows =
+        x.par_chunks(c).zip(y.par_chunks(c)).zip(sum.par_chunks_mut(c).zip(out.par_chunks_mut(c)));
+    rows.with_min_len(16).for_each(|((x, y), (sum, out))| {
+        for ((s, &a), &b) in sum.iter_mut().zip(x).zip(y) {
+            *s = a + b;
+        }
+        norm_row(sum, weight, c, eps, out);
+    });
+    (sum, out)
 }
 
 /// RMSNorm as transformers' LlamaRMSNorm writes it, computed in f32 whatever the input dtype.
@@ -468,6 +513,29 @@ mod tests {
         let expected =
             rope(&x.reshape((b, t, heads, d)).unwrap().transpose(1, 2).unwrap(), &cos, &sin);
         close(&rope_heads(&x, heads, &cos, &sin).unwrap(), &expected.unwrap(), 0.0);
+    }
+
+    /// The fused residual add and norm give exactly what the add and the norm give one after the
+    /// other (f32, rows of 16k + 4 values, more rows than one thread takes); other dtypes and
+    /// shapes go the separate way and agree too.
+    #[test]
+    fn add_rms_norm_equals_add_then_rms_norm() {
+        let dev = Device::Cpu;
+        let x = Tensor::randn(0f32, 3., (2, 37, 100), &dev).unwrap();
+        let y = Tensor::randn(0f32, 1., (2, 37, 100), &dev).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 100, &dev).unwrap();
+        let (sum, normed) = add_rms_norm(&x, &y, &w, 1e-5).unwrap();
+        let expected_sum = (&x + &y).unwrap();
+        close(&sum, &expected_sum, 0.0);
+        close(&normed, &rms_norm(&expected_sum, &w, 1e-5).unwrap(), 0.0);
+        // bf16 (no fast path); mismatched shapes are an error, as for the add alone.
+        let (xb, yb, wb) = [&x, &y, &w].map(|t| t.to_dtype(DType::BF16).unwrap()).into();
+        let (sum, normed) = add_rms_norm(&xb, &yb, &wb, 1e-5).unwrap();
+        let expected_sum = (&xb + &yb).unwrap();
+        close(&sum.to_dtype(DType::F32).unwrap(), &expected_sum.to_dtype(DType::F32).unwrap(), 0.0);
+        let expected = rms_norm(&expected_sum, &wb, 1e-5).unwrap().to_dtype(DType::F32).unwrap();
+        close(&normed.to_dtype(DType::F32).unwrap(), &expected, 0.0);
+        assert!(add_rms_norm(&x, &y.narrow(1, 0, 1).unwrap(), &w, 1e-5).is_err());
     }
 
     #[test]
