@@ -17,29 +17,6 @@ mod probe {
     #[derive(Clone, Copy)]
     struct Tile([u8; 1024]);
 
-    /// Configures all eight tile registers as 16 rows x 64 bytes.
-    unsafe fn configure() {
-        #[repr(C, align(64))]
-        struct Config {
-            palette: u8,
-            start_row: u8,
-            reserved: [u8; 14],
-            bytes_per_row: [u16; 16],
-            rows: [u8; 16],
-        }
-        let mut config = Config {
-            palette: 1,
-            start_row: 0,
-            reserved: [0; 14],
-            bytes_per_row: [0; 16],
-            rows: [0; 16],
-        };
-        config.bytes_per_row[..8].fill(64);
-        config.rows[..8].fill(16);
-        // SAFETY: the caller checked that AMX is usable; the configuration is 64 valid bytes.
-        unsafe { asm!("ldtilecfg [{}]", in(reg) &config, options(nostack, readonly)) };
-    }
-
     /// One block of the kernel: clear 4 C tiles, load 2 A and 6 B tiles (from `b`), 12
     /// products, and (with `STORE`) store the C tiles to `c`.
     #[inline(always)]
@@ -245,8 +222,9 @@ mod probe {
             let v = ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0;
             pair.copy_from_slice(&((v.to_bits() >> 16) as u16).to_le_bytes());
         }
-        // SAFETY: AMX is available and this process may use it (checked above).
-        unsafe { configure() };
+        // SAFETY: AMX is available and this process may use it (checked above). The kernel's
+        // configuration: all eight tiles 16 rows x 64 bytes; released when dropped.
+        let _tiles = unsafe { lmscope::model::amx::TileRegisters::configure() };
         let (n, rounds) = if brief { (1000, 1) } else { (200_000, 3) };
         println!("amx_probe: ns per block, single thread, best of {rounds} rounds of {n} blocks");
         let mut best = [f64::MAX; VARIANTS.len()];
@@ -259,8 +237,6 @@ mod probe {
         for (name, ns) in VARIANTS.iter().zip(best) {
             println!("{ns:8.1} ns  {name}");
         }
-        // SAFETY: releases the tile state configured above.
-        unsafe { asm!("tilerelease", options(nostack, nomem)) };
     }
 }
 

@@ -98,12 +98,12 @@ const ZERO_TILE: Tile = Tile([0; TILE_BYTES]);
 
 /// The tile registers configured for this kernel (all eight 16 rows x 64 bytes) on this thread,
 /// released again when dropped.
-struct TileRegisters;
+pub struct TileRegisters;
 
 impl TileRegisters {
     /// # Safety
     /// [`available`] must have returned true.
-    unsafe fn configure() -> Self {
+    pub unsafe fn configure() -> Self {
         #[repr(C, align(64))]
         struct Config {
             palette: u8,
@@ -430,6 +430,20 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
     STEP.set(step);
 }
 
+/// The four tile products of a 2 x 2 step, as asm text: C tiles tmm0..tmm3 += the weights'
+/// tiles tmm4, tmm5 times the inputs' tiles tmm6, tmm7 (tmm0 = tmm4 . tmm6, tmm1 = tmm4 . tmm7,
+/// tmm2 = tmm5 . tmm6, tmm3 = tmm5 . tmm7).
+macro_rules! products_2x2 {
+    () => {
+        concat!(
+            "tdpbf16ps tmm0, tmm4, tmm6\n",
+            "tdpbf16ps tmm1, tmm4, tmm7\n",
+            "tdpbf16ps tmm2, tmm5, tmm6\n",
+            "tdpbf16ps tmm3, tmm5, tmm7",
+        )
+    };
+}
+
 /// Clears the sums tmm0..tmm3: (weight rows, inputs) = (0..16, 0..16), (0..16, 16..32),
 /// (16..32, 0..16), (16..32, 16..32).
 #[inline(always)]
@@ -471,38 +485,23 @@ unsafe fn offset_products(a: *const u8, b: *const u8) {
         // x2 . w0
         "tileloadd tmm6, [{b} + {s}*1 + 4096]",
         "tileloadd tmm7, [{b} + {s}*1 + 5120]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         // x1 . w0
         "tileloadd tmm6, [{b} + {s}*1 + 2048]",
         "tileloadd tmm7, [{b} + {s}*1 + 3072]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         // x1 . w1
         "tileloadd tmm4, [{a} + {s}*1 + 2048]",
         "tileloadd tmm5, [{a} + {s}*1 + 3072]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         // x0 . w1
         "tileloadd tmm6, [{b} + {s}*1]",
         "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         // x0 . w0
         "tileloadd tmm4, [{a} + {s}*1]",
         "tileloadd tmm5, [{a} + {s}*1 + 1024]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         a = in(reg) a,
         b = in(reg) b,
         s = in(reg) 64usize,
@@ -516,34 +515,22 @@ unsafe fn offset_products(a: *const u8, b: *const u8) {
 /// 0..16), (0..16, 16..32), (16..32, 0..16), (16..32, 16..32).
 #[inline(always)]
 unsafe fn block_products(a: *const u8, b: *const u8, c: &mut [[f32; 256]; 4]) {
+    zero_sums();
     asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
         "tileloadd tmm4, [{a} + {s}*1]",
         "tileloadd tmm5, [{a} + {s}*1 + 1024]",
         // q . x_hi
         "tileloadd tmm6, [{b} + {s}*1]",
         "tileloadd tmm7, [{b} + {s}*1 + 1024]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         // q . x_mid
         "tileloadd tmm6, [{b} + {s}*1 + 2048]",
         "tileloadd tmm7, [{b} + {s}*1 + 3072]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         // q . x_lo
         "tileloadd tmm6, [{b} + {s}*1 + 4096]",
         "tileloadd tmm7, [{b} + {s}*1 + 5120]",
-        "tdpbf16ps tmm0, tmm4, tmm6",
-        "tdpbf16ps tmm1, tmm4, tmm7",
-        "tdpbf16ps tmm2, tmm5, tmm6",
-        "tdpbf16ps tmm3, tmm5, tmm7",
+        products_2x2!(),
         "tilestored [{c} + {s}*1], tmm0",
         "tilestored [{c} + {s}*1 + 1024], tmm1",
         "tilestored [{c} + {s}*1 + 2048], tmm2",
