@@ -38,7 +38,6 @@
 
 use super::blocks::{BlockMatrix, BLOCK};
 use super::simd::{self, Columns, RowScales, Q4_0, Q4_1, Q8_0};
-use rayon::prelude::*;
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -194,7 +193,7 @@ impl Packed {
         let len = m.div_ceil(MR) * group_tiles;
         let mut tiles = Vec::with_capacity(len);
         let spare = &mut tiles.spare_capacity_mut()[..len];
-        spare.par_chunks_mut(group_tiles).enumerate().for_each(|(g, group)| {
+        super::team::for_each_chunk(spare, group_tiles, |g, group| {
             for t in 0..2 {
                 let first = (g * MR + 16 * t).min(m);
                 let inputs = &x[first * k..(first + 16).min(m) * k];

@@ -15,11 +15,11 @@
 //! The kernels: `simd.rs` on CPUs with AVX-512, the portable `dot_rows_generic` below elsewhere
 //! (with candle's GEMM on the dequantized matrix for long inputs).
 
+use super::team;
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::GgmlDType;
 use candle_core::{Device, Tensor};
 use half::f16;
-use rayon::prelude::*;
 use std::sync::Arc;
 
 /// Values per block for the types handled here.
@@ -199,7 +199,12 @@ impl BlockMatrix {
     /// The whole matrix as an f32 tensor (rows, cols), dequantized on all cores.
     pub fn dequantize(&self, device: &Device) -> Result<Tensor> {
         let mut out = vec![0f32; self.rows * self.cols];
-        out.par_chunks_mut(self.cols).enumerate().for_each(|(r, row)| self.dequantize_row(r, row));
+        let rows = self.rows.div_ceil(4 * team::threads()).max(1);
+        team::for_each_chunk(&mut out, rows * self.cols, |i, chunk| {
+            for (r, row) in chunk.chunks_exact_mut(self.cols).enumerate() {
+                self.dequantize_row(i * rows + r, row);
+            }
+        });
         Ok(Tensor::from_vec(out, (self.rows, self.cols), device)?)
     }
 
@@ -301,7 +306,7 @@ unsafe fn by_windows(
     kernel: impl Fn(&BlockMatrix, &mut super::simd::Columns) + Sync,
 ) -> Vec<Vec<f32>> {
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.rows)).collect();
-    let tasks = 4 * rayon::current_num_threads();
+    let tasks = 4 * team::threads();
     let mut windows = Vec::new();
     for (w, out) in ws.iter().zip(&mut outs) {
         let width = w.rows.div_ceil(tasks).next_multiple_of(step).max(step);
@@ -309,7 +314,7 @@ unsafe fn by_windows(
         let columns = super::simd::column_windows(spare, m, w.rows, width);
         windows.extend(columns.into_iter().map(|c| (*w, c)));
     }
-    windows.into_par_iter().for_each(|(w, mut window)| kernel(w, &mut window));
+    team::for_each_item(&mut windows, |(w, window)| kernel(w, window));
     for (w, out) in ws.iter().zip(&mut outs) {
         // SAFETY: the windows cover every column of every row, and the kernel writes each value
         // of its window (the caller's promise).
@@ -360,7 +365,7 @@ fn by_rows(
             kernel(w, 0, out);
         }
     } else {
-        let threads = rayon::current_num_threads();
+        let threads = team::threads();
         let mut tasks = Vec::new();
         for (w, out) in ws.iter().zip(&mut outs) {
             let rows_per_task = (w.rows / (4 * threads)).clamp(16, 1024);
@@ -368,7 +373,7 @@ fn by_rows(
                 tasks.push((*w, task * rows_per_task, chunk));
             }
         }
-        tasks.into_par_iter().for_each(|(w, first, out)| kernel(w, first, out));
+        team::for_each_item(&mut tasks, |(w, first, out)| kernel(w, *first, out));
     }
     if m == 1 {
         return outs;

@@ -9,6 +9,7 @@ pub mod int8;
 pub mod ops;
 #[cfg(target_arch = "x86_64")]
 pub mod simd;
+pub mod team;
 pub mod weights;
 
 pub use forward::{softmax_f64, Capture, KvCache, Llama};

@@ -3,6 +3,7 @@
 //! Shapes use b = batch, t = tokens in this call, s = all tokens seen (cache + this call),
 //! h = query heads, kv = key/value heads, d = head_dim, c = hidden size.
 
+use super::team;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 /// `x @ w.T`, PyTorch's `nn.Linear` without bias. x: (b, t, in), w: (out, in) -> (b, t, out).
@@ -39,13 +40,22 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     rms_norm_slow(x, weight, eps)
 }
 
+/// Rows per task of a row-wise loop: about four tasks per thread, at least 16 rows each.
+fn row_chunk(rows: usize) -> usize {
+    rows.div_ceil(4 * team::threads()).max(16)
+}
+
 /// RMSNorm of each row of c values (the arithmetic of candle's f32 rms_norm, `x / sqrt(mean(x^2)
 /// + eps) * w`, with the squares summed in 16 running sums instead of one), rows in parallel.
 fn rms_norm_rows(x: &[f32], weight: &[f32], c: usize, eps: f32) -> Vec<f32> {
-    use rayon::prelude::*;
     let mut out = vec![0f32; x.len()];
-    let rows = x.par_chunks(c).zip(out.par_chunks_mut(c));
-    rows.with_min_len(16).for_each(|(x, out)| norm_row(x, weight, c, eps, out));
+    let rows = row_chunk(x.len() / c.max(1));
+    team::for_each_chunk(&mut out, rows * c, |i, out| {
+        let x = &x[i * rows * c..][..out.len()];
+        for (x, out) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+            norm_row(x, weight, c, eps, out);
+        }
+    });
     out
 }
 
@@ -94,15 +104,20 @@ fn add_rms_norm_rows(
     c: usize,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    use rayon::prelude::*;
     let (mut sum, mut out) = (vec![0f32; x.len()], vec![0f32; x.len()]);
-    let rows =
-        x.par_chunks(c).zip(y.par_chunks(c)).zip(sum.par_chunks_mut(c).zip(out.par_chunks_mut(c)));
-    rows.with_min_len(16).for_each(|((x, y), (sum, out))| {
-        for ((s, &a), &b) in sum.iter_mut().zip(x).zip(y) {
-            *s = a + b;
+    let rows = row_chunk(x.len() / c.max(1));
+    let sums = team::Parts::new(&mut sum);
+    team::for_each_chunk(&mut out, rows * c, |i, out| {
+        let at = i * rows * c..i * rows * c + out.len();
+        // SAFETY: each task takes the rows of its own chunk.
+        let sum = unsafe { sums.get(at.clone()) };
+        let rows = x[at.clone()].chunks_exact(c).zip(y[at].chunks_exact(c));
+        for ((x, y), (sum, out)) in rows.zip(sum.chunks_exact_mut(c).zip(out.chunks_exact_mut(c))) {
+            for ((s, &a), &b) in sum.iter_mut().zip(x).zip(y) {
+                *s = a + b;
+            }
+            norm_row(sum, weight, c, eps, out);
         }
-        norm_row(sum, weight, c, eps, out);
     });
     (sum, out)
 }
@@ -134,10 +149,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 fn silu_mul_values(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    use rayon::prelude::*;
     let mut out = vec![0f32; gate.len()];
     let chunk = 1 << 14;
-    out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+    team::for_each_chunk(&mut out, chunk, |c, out| {
         let (g, u) = (&gate[c * chunk..][..out.len()], &up[c * chunk..][..out.len()]);
         #[cfg(target_arch = "x86_64")]
         if super::simd::available() {
@@ -214,7 +228,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// `view(b, t, heads, d).transpose(1, 2)` then [`rope`], in one pass for f32 (the same
 /// arithmetic as candle's rope, so the same values), cos and sin (t, d/2).
 pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
-    use rayon::prelude::*;
     let (b, t, hd) = x.dims3()?;
     if heads == 0 || hd % heads != 0 || x.elem_count() == 0 {
         // The tensor ops below give the error (or the empty result).
@@ -229,7 +242,7 @@ pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Resul
                 }
                 let half = d / 2;
                 let mut out = vec![0f32; x.len()];
-                out.par_chunks_mut(t * d).enumerate().for_each(|(bh, out)| {
+                team::for_each_chunk(&mut out, t * d, |bh, out| {
                     let (bi, head) = (bh / heads, bh % heads);
                     for (i, out) in out.chunks_exact_mut(d).enumerate() {
                         let src = &x[(bi * t + i) * hd + head * d..][..d];
@@ -329,7 +342,6 @@ fn attention_f32(
     v: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
-    use rayon::prelude::*;
     let (b, h, t, d) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
@@ -343,33 +355,34 @@ fn attention_f32(
     let mut out = vec![0f32; b * h * t * d];
     // Per batch and head, blocks of consecutive queries (they share the keys and values they
     // read), the blocks in parallel.
-    let mut compute = |q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>| {
-        let heads = probs.par_chunks_mut(t * s).zip(out.par_chunks_mut(t * d));
-        heads.enumerate().for_each(|(bh, (probs, out))| {
+    let (probs_parts, out_parts) = (team::Parts::new(&mut probs), team::Parts::new(&mut out));
+    let blocks_per_head = t.div_ceil(ATTENTION_ROWS);
+    let compute = |q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>| {
+        team::for_each(b * h * blocks_per_head, |task| {
+            let (bh, block) = (task / blocks_per_head, task % blocks_per_head);
             let (bi, head) = (bh / h, bh % h);
             let kv_at = (bi * kv + head / groups) * s * d;
             let (keys_t, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
-            let rows_per_block = ATTENTION_ROWS;
-            let blocks = probs
-                .par_chunks_mut(rows_per_block * s)
-                .zip(out.par_chunks_mut(rows_per_block * d));
-            blocks.enumerate().with_min_len(4).for_each(|(block, (p, o))| {
-                let (first, rows) = (block * rows_per_block, p.len() / s);
-                let queries = &q[(bh * t + first) * d..(bh * t + first + rows) * d];
-                let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
-                #[cfg(target_arch = "x86_64")]
-                if super::simd::available() {
-                    return super::simd::attention_rows(
-                        rows, queries, keys_t, values, masks, scale, p, o,
-                    );
-                }
-                for r in 0..rows {
-                    let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
-                    let query = &queries[r * d..(r + 1) * d];
-                    let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
-                    attention_row(query, keys_t, values, mask, scale, p, o);
-                }
-            });
+            let first = block * ATTENTION_ROWS;
+            let rows = ATTENTION_ROWS.min(t - first);
+            let (at, end) = (bh * t + first, bh * t + first + rows);
+            // SAFETY: each task takes the rows of its own block of queries.
+            let (p, o) =
+                unsafe { (probs_parts.get(at * s..end * s), out_parts.get(at * d..end * d)) };
+            let queries = &q[at * d..end * d];
+            let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
+            #[cfg(target_arch = "x86_64")]
+            if super::simd::available() {
+                return super::simd::attention_rows(
+                    rows, queries, keys_t, values, masks, scale, p, o,
+                );
+            }
+            for r in 0..rows {
+                let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
+                let query = &queries[r * d..(r + 1) * d];
+                let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
+                attention_row(query, keys_t, values, mask, scale, p, o);
+            }
         });
     };
     let done = with_f32(&q, |q| {

@@ -14,7 +14,6 @@
 //!   dequantization is paid once per panel, not once per input row.
 
 use super::blocks::{BlockMatrix, BlockType, BLOCK};
-use rayon::prelude::*;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
@@ -254,7 +253,7 @@ impl Packed {
     pub fn new(x: &[f32], m: usize, k: usize) -> Self {
         let groups = m.div_ceil(MR);
         let mut lines = vec![Line([0.0; 16]); groups * k * MR / 16];
-        lines.par_chunks_mut(k * MR / 16).enumerate().for_each(|(g, group)| {
+        super::team::for_each_chunk(&mut lines, k * MR / 16, |g, group| {
             let rows = MR.min(m - g * MR);
             let x = &x[g * MR * k..(g * MR + rows) * k];
             // kk outside, rows inside: reads walk 32 rows in step (their cache lines stay in

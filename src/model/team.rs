@@ -1,0 +1,322 @@
+//! The threads that run the forward pass's parallel loops: the calling thread and a team of
+//! helpers that wait for work by spinning instead of sleeping.
+//!
+//! Why not rayon's pool: a 128-token prefill runs a few hundred parallel loops, separated by
+//! serial steps of tens of microseconds. Rayon's idle workers go to sleep after a few
+//! microseconds, and waking one (a futex call, then the kernel scheduling a halted virtual CPU)
+//! costs 35-80 us on the 2-core VMs this tool is measured on: more than many of the loops
+//! themselves. Here a helper spins for [`SPIN`] after its last task before it parks, so a loop
+//! that follows within that time starts on every thread at once (`cargo bench --bench
+//! team_probe` measures both). OpenMP runtimes, which PyTorch and llama.cpp use, wait the same
+//! way.
+//!
+//! A loop is `for_each(n, task)`: tasks 0..n, handed out one at a time from a shared counter to
+//! whichever thread asks next. The caller works too, and returns when every task is done. A
+//! loop started from inside a task, or while another thread's loop holds the team (tests run in
+//! parallel), runs on the calling thread alone.
+
+use std::any::Any;
+use std::cell::Cell;
+use std::marker::PhantomData;
+use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
+
+/// How long a helper spins for the next loop before it parks.
+pub const SPIN: Duration = Duration::from_millis(2);
+
+/// The number of threads a loop runs on: rayon's global pool size (`--threads`,
+/// `RAYON_NUM_THREADS`, else one per core), fixed at the first loop.
+pub fn threads() -> usize {
+    team().map_or(1, |t| t.helpers.len() + 1)
+}
+
+/// Runs `task(i)` for every i in 0..n on the team's threads; returns when all are done. A panic
+/// in a task is re-raised here once no task is running.
+pub fn for_each(n: usize, task: impl Fn(usize) + Sync) {
+    let team = match team() {
+        Some(team) if n > 1 && !IN_LOOP.get() => team,
+        _ => return (0..n).for_each(task),
+    };
+    let Some(_hold) = team.hold() else {
+        return (0..n).for_each(task);
+    };
+    assert!(n < 1 << 32, "{n} tasks in one loop");
+    let job = Job { task: &task, panic: Mutex::new(None) };
+    team.completed.store(0, Ordering::Relaxed);
+    team.tasks.store(n, Ordering::Relaxed);
+    // The helpers read the job only while the loop is open (see `Team::work`), so its lifetime
+    // may be forgotten here: this function does not return before the loop is finished.
+    team.job.store(&job as *const Job as *mut Job<'static>, Ordering::Relaxed);
+    let epoch = (team.claim.load(Ordering::Relaxed) >> 32) as u32 + 1;
+    // SeqCst, paired with the helpers' `sleeping` flag: either a helper sees the new loop before
+    // it parks, or this thread sees it parked and wakes it.
+    team.claim.store(u64::from(epoch) << 32, Ordering::SeqCst);
+    for helper in &team.helpers {
+        if helper.sleeping.load(Ordering::SeqCst) {
+            helper.thread.unpark();
+        }
+    }
+    team.work(epoch);
+    while team.completed.load(Ordering::Acquire) < n {
+        std::hint::spin_loop();
+    }
+    let panic = job.panic.into_inner().unwrap_or_else(|e| e.into_inner());
+    if let Some(payload) = panic {
+        resume_unwind(payload);
+    }
+}
+
+/// Runs `task(i, chunk)` for every `chunk`-long piece of `data` (the last may be shorter), the
+/// pieces in parallel.
+pub fn for_each_chunk<T: Send>(
+    data: &mut [T],
+    chunk: usize,
+    task: impl Fn(usize, &mut [T]) + Sync,
+) {
+    assert!(chunk > 0, "chunks of 0 values");
+    let (len, parts) = (data.len(), Parts::new(data));
+    for_each(len.div_ceil(chunk), |i| {
+        // SAFETY: each task takes its own piece.
+        task(i, unsafe { parts.get(i * chunk..((i + 1) * chunk).min(len)) })
+    });
+}
+
+/// Runs `task(item)` for every item, in parallel.
+pub fn for_each_item<T: Send>(items: &mut [T], task: impl Fn(&mut T) + Sync) {
+    for_each_chunk(items, 1, |_, item| task(&mut item[0]));
+}
+
+/// A slice that parallel tasks write in disjoint pieces.
+pub struct Parts<'a, T> {
+    ptr: *mut T,
+    len: usize,
+    _slice: PhantomData<&'a mut [T]>,
+}
+
+// SAFETY: a piece is handed to one task only (the promise `get`'s caller makes), so sharing the
+// slice between threads is like sending its pieces to them.
+unsafe impl<T: Send> Sync for Parts<'_, T> {}
+
+impl<'a, T> Parts<'a, T> {
+    pub fn new(slice: &'a mut [T]) -> Self {
+        Parts { ptr: slice.as_mut_ptr(), len: slice.len(), _slice: PhantomData }
+    }
+
+    /// The values at `range`.
+    ///
+    /// # Safety
+    /// No other reference to any of them may be alive at the same time: ranges handed out
+    /// concurrently must not overlap.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn get(&self, range: Range<usize>) -> &'a mut [T] {
+        assert!(range.start <= range.end && range.end <= self.len, "{range:?} of {}", self.len);
+        // SAFETY: in bounds (asserted); exclusive by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(range.start), range.len()) }
+    }
+}
+
+thread_local! {
+    /// Whether this thread is running a task of a loop (helpers always are).
+    static IN_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// One loop's work, on the stack of the thread that started it.
+struct Job<'a> {
+    task: &'a (dyn Fn(usize) + Sync),
+    /// The first panic of a task, re-raised by the caller.
+    panic: Mutex<Option<Box<dyn Any + Send>>>,
+}
+
+struct Helper {
+    thread: Thread,
+    sleeping: AtomicBool,
+}
+
+struct Team {
+    /// The open loop's number (high 32 bits) and its next unclaimed task (low 32 bits).
+    claim: AtomicU64,
+    /// The open loop's task count and job, valid while the loop is open.
+    tasks: AtomicUsize,
+    job: AtomicPtr<Job<'static>>,
+    /// Tasks of the open loop finished.
+    completed: AtomicUsize,
+    /// Whether a thread's loop holds the team.
+    held: AtomicBool,
+    helpers: Vec<Helper>,
+}
+
+/// The team, started at the first loop; `None` with one thread.
+fn team() -> Option<&'static Team> {
+    static TEAM: OnceLock<Option<Team>> = OnceLock::new();
+    TEAM.get_or_init(|| {
+        let helpers = rayon::current_num_threads().saturating_sub(1);
+        if helpers == 0 {
+            return None;
+        }
+        let helpers = (0..helpers)
+            .map(|i| {
+                let spawned = thread::Builder::new()
+                    .name(format!("lmscope-team-{}", i + 1))
+                    .spawn(move || helper(i));
+                spawned.map(|h| Helper { thread: h.thread().clone(), sleeping: false.into() })
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .ok()?; // no threads to be had: loops run on the caller alone
+        Some(Team {
+            claim: AtomicU64::new(0),
+            tasks: AtomicUsize::new(0),
+            job: AtomicPtr::new(std::ptr::null_mut()),
+            completed: AtomicUsize::new(0),
+            held: AtomicBool::new(false),
+            helpers,
+        })
+    })
+    .as_ref()
+}
+
+/// Releases the team at the end of a loop.
+struct Hold<'a>(&'a Team);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        IN_LOOP.set(false);
+        self.0.held.store(false, Ordering::Release);
+    }
+}
+
+impl Team {
+    fn hold(&self) -> Option<Hold<'_>> {
+        let free = self.held.compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed);
+        free.ok()?;
+        IN_LOOP.set(true);
+        Some(Hold(self))
+    }
+
+    /// Claims and runs tasks of loop `epoch` until none is left.
+    fn work(&self, epoch: u32) {
+        let mut claim = self.claim.load(Ordering::Acquire);
+        loop {
+            let (open, next) = ((claim >> 32) as u32, claim as u32 as usize);
+            if open != epoch || next >= self.tasks.load(Ordering::Acquire) {
+                return;
+            }
+            let job = self.job.load(Ordering::Acquire);
+            // The claim succeeds only while task `next` of this loop is unclaimed, so the loop
+            // is still open and `job` (read after this loop's claim word) is its job.
+            match self.claim.compare_exchange_weak(
+                claim,
+                claim + 1,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => {
+                    // SAFETY: the loop is open until this task is counted as completed.
+                    let job = unsafe { &*job };
+                    if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (job.task)(next))) {
+                        let mut first = job.panic.lock().unwrap_or_else(|e| e.into_inner());
+                        first.get_or_insert(payload);
+                    }
+                    self.completed.fetch_add(1, Ordering::Release);
+                    claim = self.claim.load(Ordering::Acquire);
+                }
+                Err(now) => claim = now,
+            }
+        }
+    }
+}
+
+/// A helper thread: waits for a loop (spinning, then parked), works on it, waits again.
+fn helper(index: usize) {
+    IN_LOOP.set(true);
+    let Some(team) = team() else { return };
+    let me = &team.helpers[index];
+    let mut seen = 0u32;
+    loop {
+        let mut idle_since = Instant::now();
+        let mut spins = 0u32;
+        let epoch = loop {
+            let open = (team.claim.load(Ordering::Acquire) >> 32) as u32;
+            if open != seen {
+                break open;
+            }
+            spins = spins.wrapping_add(1);
+            if !spins.is_multiple_of(256) {
+                std::hint::spin_loop();
+            } else if idle_since.elapsed() < SPIN {
+                // Lets another thread of this process have the core (candle's GEMM on rayon's
+                // pool, a test running beside): the spin is for when the core would idle.
+                thread::yield_now();
+            } else {
+                me.sleeping.store(true, Ordering::SeqCst);
+                if (team.claim.load(Ordering::SeqCst) >> 32) as u32 == seen {
+                    thread::park();
+                }
+                me.sleeping.store(false, Ordering::SeqCst);
+                idle_since = Instant::now();
+            }
+        };
+        seen = epoch;
+        team.work(epoch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_task_runs_once() {
+        for n in [0, 1, 2, 3, 17, 1000] {
+            let counts: Vec<AtomicUsize> = (0..n).map(|_| AtomicUsize::new(0)).collect();
+            for_each(n, |i| {
+                counts[i].fetch_add(1, Ordering::Relaxed);
+            });
+            assert!(counts.iter().all(|c| c.load(Ordering::Relaxed) == 1), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn chunks_cover_the_slice_and_nested_loops_run() {
+        let mut data = vec![0usize; 1001];
+        for_each_chunk(&mut data, 10, |c, chunk| {
+            for_each_chunk(chunk, 3, |i, piece| piece.fill(c * 10 + i * 3));
+        });
+        for (i, v) in data.iter().enumerate() {
+            assert_eq!(*v, i - i % 10 % 3, "value {i}");
+        }
+    }
+
+    #[test]
+    fn a_panic_reaches_the_caller() {
+        let done = AtomicUsize::new(0);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            for_each(64, |i| {
+                if i == 5 {
+                    panic!("task 5");
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        let payload = result.expect_err("the panic comes back");
+        assert_eq!(payload.downcast_ref::<&str>(), Some(&"task 5"));
+        assert!(done.load(Ordering::Relaxed) >= 5);
+        // The team is free again.
+        let mut data = vec![0u8; 100];
+        for_each_chunk(&mut data, 7, |_, c| c.fill(1));
+        assert!(data.iter().all(|&v| v == 1));
+    }
+
+    #[test]
+    fn loops_after_a_long_idle_wake_the_parked_helpers() {
+        for _ in 0..3 {
+            thread::sleep(SPIN * 2);
+            let mut data = vec![0u32; 64];
+            for_each_chunk(&mut data, 1, |i, v| v[0] = i as u32);
+            assert!(data.iter().enumerate().all(|(i, &v)| v == i as u32));
+        }
+    }
+}
