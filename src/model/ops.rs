@@ -48,15 +48,13 @@ fn row_chunk(rows: usize) -> usize {
 /// RMSNorm of each row of c values (the arithmetic of candle's f32 rms_norm, `x / sqrt(mean(x^2)
 /// + eps) * w`, with the squares summed in 16 running sums instead of one), rows in parallel.
 fn rms_norm_rows(x: &[f32], weight: &[f32], c: usize, eps: f32) -> Vec<f32> {
-    let mut out = vec![0f32; x.len()];
     let rows = row_chunk(x.len() / c.max(1));
-    team::for_each_chunk(&mut out, rows * c, |i, out| {
+    team::chunks_f32(x.len(), rows * c, |i, out| {
         let x = &x[i * rows * c..][..out.len()];
         for (x, out) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
             norm_row(x, weight, c, eps, out);
         }
-    });
-    out
+    })
 }
 
 /// One row of [`rms_norm_rows`].
@@ -104,13 +102,13 @@ fn add_rms_norm_rows(
     c: usize,
     eps: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let (mut sum, mut out) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+    let mut sum = team::Fresh::new(x.len());
     let rows = row_chunk(x.len() / c.max(1));
-    let sums = team::Parts::new(&mut sum);
-    team::for_each_chunk(&mut out, rows * c, |i, out| {
+    let sums = sum.parts();
+    let out = team::chunks_f32(x.len(), rows * c, |i, out| {
         let at = i * rows * c..i * rows * c + out.len();
         // SAFETY: each task takes the rows of its own chunk.
-        let sum = unsafe { sums.get(at.clone()) };
+        let sum = unsafe { sums.zeroed(at.clone()) };
         let rows = x[at.clone()].chunks_exact(c).zip(y[at].chunks_exact(c));
         for ((x, y), (sum, out)) in rows.zip(sum.chunks_exact_mut(c).zip(out.chunks_exact_mut(c))) {
             for ((s, &a), &b) in sum.iter_mut().zip(x).zip(y) {
@@ -119,7 +117,8 @@ fn add_rms_norm_rows(
             norm_row(sum, weight, c, eps, out);
         }
     });
-    (sum, out)
+    // SAFETY: the chunks cover every row.
+    (unsafe { sum.finish() }, out)
 }
 
 /// RMSNorm as transformers' LlamaRMSNorm writes it, computed in f32 whatever the input dtype.
@@ -149,9 +148,8 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 fn silu_mul_values(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    let mut out = vec![0f32; gate.len()];
     let chunk = 1 << 14;
-    team::for_each_chunk(&mut out, chunk, |c, out| {
+    team::chunks_f32(gate.len(), chunk, |c, out| {
         let (g, u) = (&gate[c * chunk..][..out.len()], &up[c * chunk..][..out.len()]);
         #[cfg(target_arch = "x86_64")]
         if super::simd::available() {
@@ -160,8 +158,7 @@ fn silu_mul_values(gate: &[f32], up: &[f32]) -> Vec<f32> {
         for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
             *o = g / (1.0 + (-g).exp()) * u;
         }
-    });
-    out
+    })
 }
 
 /// Runs `f` on the values of an f32 tensor held contiguously on the CPU (no copy); None for any
@@ -241,8 +238,7 @@ pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Resul
                     return None;
                 }
                 let half = d / 2;
-                let mut out = vec![0f32; x.len()];
-                team::for_each_chunk(&mut out, t * d, |bh, out| {
+                let out = team::chunks_f32(x.len(), t * d, |bh, out| {
                     let (bi, head) = (bh / heads, bh % heads);
                     for (i, out) in out.chunks_exact_mut(d).enumerate() {
                         let src = &x[(bi * t + i) * hd + head * d..][..d];
@@ -351,11 +347,11 @@ fn attention_f32(
     // keys scaled by its values, s at a time, instead of s short dot products.
     let keys_t = k.transpose(2, 3)?.contiguous()?; // (b, kv, d, s)
     let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
-    let mut probs = vec![0f32; b * h * t * s];
-    let mut out = vec![0f32; b * h * t * d];
+    let (mut probs, mut out) = (team::Fresh::new(b * h * t * s), team::Fresh::new(b * t * h * d));
     // Per batch and head, blocks of consecutive queries (they share the keys and values they
-    // read), the blocks in parallel.
-    let (probs_parts, out_parts) = (team::Parts::new(&mut probs), team::Parts::new(&mut out));
+    // read), the blocks in parallel. The output is written as (b, t, h, d), the layout o_proj
+    // reads (attn_output.transpose(1, 2)), so that transposing it back costs no copy.
+    let (probs_parts, out_parts) = (probs.parts(), out.parts());
     let blocks_per_head = t.div_ceil(ATTENTION_ROWS);
     let compute = |q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>| {
         team::for_each(b * h * blocks_per_head, |task| {
@@ -367,21 +363,34 @@ fn attention_f32(
             let rows = ATTENTION_ROWS.min(t - first);
             let (at, end) = (bh * t + first, bh * t + first + rows);
             // SAFETY: each task takes the rows of its own block of queries.
-            let (p, o) =
-                unsafe { (probs_parts.get(at * s..end * s), out_parts.get(at * d..end * d)) };
+            let p = unsafe { probs_parts.zeroed(at * s..end * s) };
+            let mut block_out = [0f32; ATTENTION_ROWS * 256];
+            let mut heap = None;
+            let o = match block_out.get_mut(..rows * d) {
+                Some(o) => o,
+                None => heap.insert(vec![0f32; rows * d]).as_mut_slice(), // head_dim > 256
+            };
             let queries = &q[at * d..end * d];
             let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
             #[cfg(target_arch = "x86_64")]
-            if super::simd::available() {
-                return super::simd::attention_rows(
-                    rows, queries, keys_t, values, masks, scale, p, o,
-                );
+            let simd = super::simd::available();
+            #[cfg(not(target_arch = "x86_64"))]
+            let simd = false;
+            if simd {
+                #[cfg(target_arch = "x86_64")]
+                super::simd::attention_rows(rows, queries, keys_t, values, masks, scale, p, o);
+            } else {
+                for r in 0..rows {
+                    let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
+                    let query = &queries[r * d..(r + 1) * d];
+                    let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
+                    attention_row(query, keys_t, values, mask, scale, p, o);
+                }
             }
-            for r in 0..rows {
-                let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
-                let query = &queries[r * d..(r + 1) * d];
-                let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
-                attention_row(query, keys_t, values, mask, scale, p, o);
+            for (r, o) in o.chunks_exact(d).enumerate() {
+                let row = ((bi * t + first + r) * h + head) * d; // (b, t, h, d)
+                                                                 // SAFETY: (batch, position, head) names one row of d values; one task each.
+                unsafe { out_parts.zeroed(row..row + d) }.copy_from_slice(o);
             }
         });
     };
@@ -399,9 +408,11 @@ fn attention_f32(
     if done.flatten().flatten().flatten().is_none() {
         candle_core::bail!("attention needs f32 tensors on the CPU");
     }
+    // SAFETY: the tasks covered every (batch, head, query), so every value of both.
+    let (out, probs) = unsafe { (out.finish(), probs.finish()) };
     let device = q.device();
     Ok((
-        Tensor::from_vec(out, (b, h, t, d), device)?,
+        Tensor::from_vec(out, (b, t, h, d), device)?.transpose(1, 2)?, // (b, h, t, d)
         Tensor::from_vec(probs, (b, h, t, s), device)?,
     ))
 }
