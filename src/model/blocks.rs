@@ -306,12 +306,22 @@ unsafe fn by_windows(
     kernel: impl Fn(&BlockMatrix, &mut super::simd::Columns) + Sync,
 ) -> Vec<Vec<f32>> {
     let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.rows)).collect();
-    let tasks = 4 * team::threads();
+    // Windows from large to small ("guided" scheduling): each takes 1 / (2 x threads) of the
+    // steps left, so the threads start on big pieces and end on small ones, and the last to
+    // finish waits little for the others.
+    let threads = team::threads();
+    let mut left: usize = ws.iter().map(|w| w.rows.div_ceil(step)).sum();
     let mut windows = Vec::new();
     for (w, out) in ws.iter().zip(&mut outs) {
-        let width = w.rows.div_ceil(tasks).next_multiple_of(step).max(step);
+        let mut widths = Vec::new();
+        let mut here = w.rows.div_ceil(step);
+        while here > 0 {
+            let steps = left.div_ceil(2 * threads).min(here);
+            widths.push(steps * step);
+            (here, left) = (here - steps, left - steps);
+        }
         let spare = &mut out.spare_capacity_mut()[..m * w.rows];
-        let columns = super::simd::column_windows(spare, m, w.rows, width);
+        let columns = super::simd::column_windows_sized(spare, m, w.rows, &widths);
         windows.extend(columns.into_iter().map(|c| (*w, c)));
     }
     team::for_each_item(&mut windows, |(w, window)| kernel(w, window));
@@ -365,12 +375,18 @@ fn by_rows(
             kernel(w, 0, out);
         }
     } else {
+        // Tasks from large to small, as in `by_windows`: 1 / (2 x threads) of the rows left,
+        // 16 to 1024 rows.
         let threads = team::threads();
+        let mut left: usize = ws.iter().map(|w| w.rows).sum();
         let mut tasks = Vec::new();
         for (w, out) in ws.iter().zip(&mut outs) {
-            let rows_per_task = (w.rows / (4 * threads)).clamp(16, 1024);
-            for (task, chunk) in out.chunks_mut(rows_per_task * m).enumerate() {
-                tasks.push((*w, task * rows_per_task, chunk));
+            let (mut first, mut rest) = (0, out.as_mut_slice());
+            while first < w.rows {
+                let rows = left.div_ceil(2 * threads).clamp(16, 1024).min(w.rows - first);
+                let (chunk, tail) = rest.split_at_mut(rows * m);
+                tasks.push((*w, first, chunk));
+                (first, rest, left) = (first + rows, tail, left.saturating_sub(rows));
             }
         }
         team::for_each_item(&mut tasks, |(w, first, out)| kernel(w, *first, out));

@@ -343,19 +343,33 @@ pub fn column_windows(
     n: usize,
     width: usize,
 ) -> Vec<Columns<'_>> {
-    assert!(out.len() == m * n && width > 0);
+    assert!(width > 0);
+    column_windows_sized(out, m, n, &vec![width; n.div_ceil(width)])
+}
+
+/// Splits a row-major (m, n) matrix into windows of the given widths, left to right (the last
+/// one cut at column n; the widths must reach it). The matrix may be uninitialized memory: the
+/// windows only write to it.
+pub fn column_windows_sized<'a>(
+    out: &'a mut [MaybeUninit<f32>],
+    m: usize,
+    n: usize,
+    widths: &[usize],
+) -> Vec<Columns<'a>> {
+    assert!(out.len() == m * n && widths.iter().sum::<usize>() >= n);
     let ptr = out.as_mut_ptr() as *mut f32;
-    (0..n)
-        .step_by(width)
-        .map(|first| Columns {
-            ptr,
-            m,
-            n,
-            first,
-            len: width.min(n - first),
-            _out: std::marker::PhantomData,
-        })
-        .collect()
+    let mut first = 0;
+    let mut windows = Vec::with_capacity(widths.len());
+    for &width in widths {
+        if first >= n {
+            break;
+        }
+        assert!(width > 0, "a window of no columns");
+        let len = width.min(n - first);
+        windows.push(Columns { ptr, m, n, first, len, _out: std::marker::PhantomData });
+        first += len;
+    }
+    windows
 }
 
 /// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m
@@ -726,6 +740,21 @@ mod tests {
                 let same = row.iter().zip(expected).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{kind:?} row {r}");
             }
+        }
+    }
+
+    #[test]
+    fn sized_windows_cover_the_columns_once() {
+        let mut out = vec![MaybeUninit::new(0f32); 3 * 100];
+        for widths in [&[100][..], &[64, 64], &[40, 30, 20, 10], &[32, 32, 32, 32, 32]] {
+            let windows = column_windows_sized(&mut out, 3, 100, widths);
+            let spans: Vec<_> = windows.iter().map(|w| w.window()).collect();
+            let mut next = 0;
+            for &(first, len) in &spans {
+                assert!(first == next && len > 0, "{widths:?}: {spans:?}");
+                next += len;
+            }
+            assert_eq!(next, 100, "{widths:?}: {spans:?}");
         }
     }
 
