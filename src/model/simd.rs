@@ -43,35 +43,43 @@ pub(super) fn kind_id(kind: BlockType) -> u8 {
     }
 }
 
-/// Converts the f16 at byte `at` of each of the `blocks` blocks of `row` into `out`, 16 at a time
-/// with one gather (converting one f16 per block on its own costs more than the block's
-/// arithmetic).
+/// Converts the f16 at the start of each of the `blocks` blocks of `row` into `d` and, with
+/// `m`, the f16 after it into `m`: 16 blocks at a time with one gather of both (converting one
+/// f16 per block on its own costs more than the block's arithmetic).
 #[inline(always)]
-unsafe fn block_halves(row: *const u8, blocks: usize, bb: usize, at: usize, out: &mut [f32]) {
-    assert!(out.len() >= blocks.next_multiple_of(16));
+unsafe fn block_halves(
+    row: *const u8,
+    blocks: usize,
+    bb: usize,
+    d: &mut [f32],
+    m: Option<&mut [f32]>,
+) {
+    assert!(d.len() >= blocks.next_multiple_of(16));
+    assert!(m.as_ref().is_none_or(|m| m.len() >= blocks.next_multiple_of(16)));
+    let m = m.map(|m| m.as_mut_ptr());
     let lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     let stride = _mm512_set1_epi32(bb as i32);
     for g in (0..blocks).step_by(16) {
         // Lanes past the last block read nothing (masked off) and give 0.
         let mask: __mmask16 = if blocks - g >= 16 { 0xFFFF } else { (1u16 << (blocks - g)) - 1 };
         let offsets = _mm512_mullo_epi32(lanes, stride);
-        let base = row.add(g * bb + at);
-        // 32-bit loads; the f16 is the low half of each (little-endian). A block is at least 18
-        // bytes long and `at` <= 2, so a 4-byte load stays inside its block.
+        let base = row.add(g * bb);
+        // 32-bit loads: d is the low half of each (little-endian), Q4_1's m the high half. A
+        // block is at least 18 bytes long, so a 4-byte load stays inside its block.
         let words = _mm512_mask_i32gather_epi32::<1>(
             _mm512_setzero_si512(),
             mask,
             offsets,
             base as *const i32,
         );
-        let halves = _mm512_cvtepi32_epi16(words);
-        _mm512_storeu_ps(out.as_mut_ptr().add(g), _mm512_cvtph_ps(halves));
+        let low = _mm512_cvtepi32_epi16(words);
+        _mm512_storeu_ps(d.as_mut_ptr().add(g), _mm512_cvtph_ps(low));
+        if let Some(m) = m {
+            let high = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(words));
+            _mm512_storeu_ps(m.add(g), _mm512_cvtph_ps(high));
+        }
     }
 }
-
-/// Where a block keeps its scale d and (Q4_1) its offset m.
-const D_AT: usize = 0;
-const M_AT: usize = 2;
 
 /// A block's 32 integers as floats in two registers (values 0..16 and 16..32): the weights are
 /// `d * q + m` (m = 0 for Q4_0 and Q8_0).
@@ -113,10 +121,9 @@ impl RowScales {
     /// Reads row `row`'s d (and, for Q4_1, m) of every block.
     #[inline(always)]
     pub unsafe fn read<const K: u8>(&mut self, row: *const u8, blocks: usize, bb: usize) {
-        block_halves(row, blocks, bb, D_AT, &mut self.d);
-        if K == Q4_1 {
-            block_halves(row, blocks, bb, M_AT, &mut self.m);
-        }
+        // A block starts with its scale d (f16), then (Q4_1) its offset m (f16).
+        let m = (K == Q4_1).then_some(self.m.as_mut_slice());
+        block_halves(row, blocks, bb, &mut self.d, m);
     }
 }
 
