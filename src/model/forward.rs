@@ -11,7 +11,7 @@
 //! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
 
 use super::ops::{
-    add_rms_norm, attention, causal_mask, rms_norm, rope_heads, silu_mul, RopeTables,
+    add_rms_norm, attention, causal_mask, rms_norm, rope_heads, silu_mul, split_heads, RopeTables,
 };
 use super::weights::{LayerWeights, Matrix, Weights};
 use crate::config::Config;
@@ -57,6 +57,11 @@ impl LayerCache {
             Some(c) => (c.len, c.k.dim(2)?),
             None => (0, 0),
         };
+        if slot.is_none() && t.is_multiple_of(64) && k.is_contiguous() && v.is_contiguous() {
+            // A first chunk that fills the capacity exactly: k and v are the buffers.
+            *slot = Some(LayerCache { k: k.clone(), v: v.clone(), len: t });
+            return Ok((k.clone(), v.clone()));
+        }
         if len + t > capacity {
             let capacity = (len + t).max(2 * capacity).next_multiple_of(64);
             let grow = |old: Option<&Tensor>| -> Result<Tensor> {
@@ -296,12 +301,12 @@ impl Llama {
             }
         };
         let k = rope_heads(&k, kv, cos, sin)?; // (b, kv, t, d)
-        let v = v.reshape((b, v.dim(1)?, kv, d))?.transpose(1, 2)?; // (b, kv, t, d)
+        let v = split_heads(&v, kv)?; // (b, kv, t, d)
 
         // past_key_value.update(k, v): append to the cache
         let (k, v) = match cache {
             Some(slot) => LayerCache::append(slot, &k, &v)?, // (b, kv, s, d) each
-            None => (k, v.contiguous()?),
+            None => (k, v),
         };
 
         // softmax(q k^T / sqrt(d) + mask) v, each KV head serving h / kv query heads (repeat_kv)

@@ -45,6 +45,17 @@ fn row_chunk(rows: usize) -> usize {
     rows.div_ceil(4 * team::threads()).max(16)
 }
 
+/// A new f32 buffer of `rows` rows of `width` values, `row(i, out)` writing row i, rows in
+/// parallel (tasks of [`row_chunk`] rows).
+fn rows_f32(rows: usize, width: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let per_task = row_chunk(rows);
+    team::chunks_f32(rows * width, (per_task * width).max(1), |c, out| {
+        for (i, out) in out.chunks_exact_mut(width.max(1)).enumerate() {
+            row(c * per_task + i, out);
+        }
+    })
+}
+
 /// RMSNorm of each row of c values (the arithmetic of candle's f32 rms_norm, `x / sqrt(mean(x^2)
 /// + eps) * w`, with the squares summed in 16 running sums instead of one), rows in parallel.
 fn rms_norm_rows(x: &[f32], weight: &[f32], c: usize, eps: f32) -> Vec<f32> {
@@ -161,6 +172,30 @@ fn silu_mul_values(gate: &[f32], up: &[f32]) -> Vec<f32> {
     })
 }
 
+/// Runs `f(values, head_stride)` on an f32 CPU tensor (b, heads, s, d) whose heads each hold
+/// their s x d values contiguously, head i (of the b * heads) at `values[i * head_stride..]`, as
+/// in a contiguous tensor or a KV cache's buffer cut to its first s positions (no copy); None
+/// for any other tensor.
+fn with_heads_f32<R>(t: &Tensor, f: impl FnOnce((&[f32], usize)) -> R) -> Option<R> {
+    let (b, heads, s, d) = t.dims4().ok()?;
+    let (storage, layout) = t.storage_and_layout();
+    let stride = layout.stride();
+    let rows_contiguous = (s <= 1 || stride[2] == d) && (d <= 1 || stride[3] == 1);
+    let heads_even = b <= 1 || stride[0] == heads * stride[1];
+    if t.dtype() != DType::F32 || !rows_contiguous || !heads_even || t.elem_count() == 0 {
+        return None;
+    }
+    let start = layout.start_offset();
+    let head_stride = if b * heads > 1 { stride[1] } else { s * d };
+    let end = start + (b * heads - 1) * head_stride + s * d;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) if end <= v.len() => {
+            Some(f((&v[start..end], head_stride)))
+        }
+        _ => None,
+    }
+}
+
 /// Runs `f` on the values of an f32 tensor held contiguously on the CPU (no copy); None for any
 /// other tensor.
 pub(crate) fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
@@ -221,6 +256,29 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     candle_nn::rotary_emb::rope(&x.contiguous()?, cos, sin)
 }
 
+/// A projection's output split into heads: (b, t, heads * d) -> (b, heads, t, d) contiguous,
+/// `view(b, t, heads, d).transpose(1, 2)`; for f32 in one parallel pass (a head per task)
+/// instead of a copy element by element.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, hd) = x.dims3()?;
+    let view = |x: &Tensor| x.reshape((b, t, heads, hd / heads.max(1)))?.transpose(1, 2);
+    if heads == 0 || hd % heads != 0 || x.elem_count() == 0 {
+        return view(x)?.contiguous(); // the tensor ops give the error (or the empty result)
+    }
+    let d = hd / heads;
+    let split = with_f32(x, |x| {
+        rows_f32(b * heads * t, d, |row, out| {
+            let (bh, i) = (row / t, row % t);
+            let (bi, head) = (bh / heads, bh % heads);
+            out.copy_from_slice(&x[(bi * t + i) * hd + head * d..][..d]);
+        })
+    });
+    match split {
+        Some(out) => Tensor::from_vec(out, (b, heads, t, d), x.device()),
+        None => view(x)?.contiguous(),
+    }
+}
+
 /// A projection's output split into heads and rotated: (b, t, heads * d) -> (b, heads, t, d),
 /// `view(b, t, heads, d).transpose(1, 2)` then [`rope`], in one pass for f32 (the same
 /// arithmetic as candle's rope, so the same values), cos and sin (t, d/2).
@@ -238,19 +296,17 @@ pub fn rope_heads(x: &Tensor, heads: usize, cos: &Tensor, sin: &Tensor) -> Resul
                     return None;
                 }
                 let half = d / 2;
-                let out = team::chunks_f32(x.len(), t * d, |bh, out| {
+                Some(rows_f32(b * heads * t, d, |row, out| {
+                    let (bh, i) = (row / t, row % t);
                     let (bi, head) = (bh / heads, bh % heads);
-                    for (i, out) in out.chunks_exact_mut(d).enumerate() {
-                        let src = &x[(bi * t + i) * hd + head * d..][..d];
-                        let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
-                        let (first, second) = out.split_at_mut(half);
-                        for e in 0..half {
-                            first[e] = src[e] * cos[e] - src[e + half] * sin[e];
-                            second[e] = src[e] * sin[e] + src[e + half] * cos[e];
-                        }
+                    let src = &x[(bi * t + i) * hd + head * d..][..d];
+                    let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                    let (first, second) = out.split_at_mut(half);
+                    for e in 0..half {
+                        first[e] = src[e] * cos[e] - src[e + half] * sin[e];
+                        second[e] = src[e] * sin[e] + src[e + half] * cos[e];
                     }
-                });
-                Some(out)
+                }))
             })
         })
     })
@@ -342,10 +398,14 @@ fn attention_f32(
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
     let scale = (1.0 / (d as f64).sqrt()) as f32;
-    let (q, v) = (q.contiguous()?, v.contiguous()?);
-    // Each KV head's keys transposed, (d, s): a query's scores are then sums of whole rows of
-    // keys scaled by its values, s at a time, instead of s short dot products.
-    let keys_t = k.transpose(2, 3)?.contiguous()?; // (b, kv, d, s)
+    let q = q.contiguous()?;
+    // Keys and values are read where they are when each head's values are contiguous (copied
+    // otherwise).
+    let in_place = |t: &Tensor| match with_heads_f32(t, |_| ()) {
+        Some(()) => Ok(t.clone()),
+        None => t.contiguous(),
+    };
+    let (k, v) = (in_place(k)?, in_place(v)?);
     let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
     let (mut probs, mut out) = (team::Fresh::new(b * h * t * s), team::Fresh::new(b * t * h * d));
     // Per batch and head, blocks of consecutive queries (they share the keys and values they
@@ -353,12 +413,27 @@ fn attention_f32(
     // reads (attn_output.transpose(1, 2)), so that transposing it back costs no copy.
     let (probs_parts, out_parts) = (probs.parts(), out.parts());
     let blocks_per_head = t.div_ceil(ATTENTION_ROWS);
-    let compute = |q: &[f32], k: &[f32], v: &[f32], mask: Option<&[f32]>| {
+    // k and v as they are (a cache's buffers hold each head's s positions contiguously, with a
+    // stride between heads); each KV head's keys transposed, (d, s): a query's scores are then
+    // sums of whole rows of keys scaled by its values, s at a time, instead of s short dot
+    // products.
+    let compute = |q: &[f32],
+                   (k, k_stride): (&[f32], usize),
+                   (v, v_stride): (&[f32], usize),
+                   mask: Option<&[f32]>| {
+        let keys_t = rows_f32(b * kv * d, s, |row, out| {
+            let (head, e) = (row / d, row % d);
+            let keys = &k[head * k_stride..][..s * d];
+            for (o, key) in out.iter_mut().zip(keys.chunks_exact(d)) {
+                *o = key[e];
+            }
+        }); // (b, kv, d, s)
         team::for_each(b * h * blocks_per_head, |task| {
             let (bh, block) = (task / blocks_per_head, task % blocks_per_head);
             let (bi, head) = (bh / h, bh % h);
-            let kv_at = (bi * kv + head / groups) * s * d;
-            let (keys_t, values) = (&k[kv_at..kv_at + s * d], &v[kv_at..kv_at + s * d]);
+            let kv_head = bi * kv + head / groups;
+            let keys_t = &keys_t[kv_head * d * s..][..d * s];
+            let values = &v[kv_head * v_stride..][..s * d];
             let first = block * ATTENTION_ROWS;
             let rows = ATTENTION_ROWS.min(t - first);
             let (at, end) = (bh * t + first, bh * t + first + rows);
@@ -388,15 +463,16 @@ fn attention_f32(
                 }
             }
             for (r, o) in o.chunks_exact(d).enumerate() {
-                let row = ((bi * t + first + r) * h + head) * d; // (b, t, h, d)
-                                                                 // SAFETY: (batch, position, head) names one row of d values; one task each.
+                // Row (batch, position, head) of the (b, t, h, d) output: one task writes it.
+                let row = ((bi * t + first + r) * h + head) * d;
+                // SAFETY: rows of different tasks do not overlap (above).
                 unsafe { out_parts.zeroed(row..row + d) }.copy_from_slice(o);
             }
         });
     };
     let done = with_f32(&q, |q| {
-        with_f32(&keys_t, |k| {
-            with_f32(&v, |v| match &mask {
+        with_heads_f32(&k, |k| {
+            with_heads_f32(&v, |v| match &mask {
                 Some(m) => with_f32(m, |m| compute(q, k, v, Some(m))),
                 None => {
                     compute(q, k, v, None);
@@ -539,6 +615,22 @@ mod tests {
         close(&rope_heads(&x, heads, &cos, &sin).unwrap(), &expected.unwrap(), 0.0);
     }
 
+    #[test]
+    fn split_heads_equals_view_then_transpose() {
+        let dev = Device::Cpu;
+        let (b, t, heads, d) = (2, 5, 3, 8);
+        for dtype in [DType::F32, DType::BF16] {
+            let x = Tensor::randn(0f32, 1., (b, t, heads * d), &dev).unwrap().to_dtype(dtype);
+            let x = x.unwrap();
+            let split = split_heads(&x, heads).unwrap();
+            let view = x.reshape((b, t, heads, d)).unwrap().transpose(1, 2).unwrap();
+            assert!(split.is_contiguous() && split.dims() == [b, heads, t, d]);
+            let f32s = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+            close(&f32s(&split), &f32s(&view), 0.0);
+        }
+        assert!(split_heads(&Tensor::zeros((1, 2, 10), DType::F32, &dev).unwrap(), 3).is_err());
+    }
+
     /// The fused residual add and norm give exactly what the add and the norm give one after the
     /// other (f32, rows of 16k + 4 values, more rows than one thread takes); other dtypes and
     /// shapes go the separate way and agree too.
@@ -608,6 +700,19 @@ mod tests {
             let v = Tensor::randn(0f32, 1., (b, kv, s, d), &dev).unwrap();
             let mask = masked.then(|| causal_mask(t, s - t, &dev).unwrap());
             let (out, probs) = attention(&q, &k, &v, mask.as_ref()).unwrap();
+            // Keys and values at the start of longer buffers, as a KV cache holds them (read
+            // in place), and transposed views of (s, d) (copied first): the same numbers.
+            let spare = Tensor::randn(0f32, 1., (b, kv, 6, d), &dev).unwrap();
+            let in_buffer = |x: &Tensor| Tensor::cat(&[x, &spare], 2).unwrap().narrow(2, 0, s);
+            let (kb, vb) = (in_buffer(&k).unwrap(), in_buffer(&v).unwrap());
+            let transposed = |x: &Tensor| x.transpose(2, 3).unwrap().contiguous().unwrap();
+            let (kt, vt) = (transposed(&k).transpose(2, 3).unwrap(), transposed(&v));
+            let vt = vt.transpose(2, 3).unwrap();
+            for (k, v) in [(&kb, &vb), (&kt, &vt)] {
+                let (o, p) = attention(&q, k, v, mask.as_ref()).unwrap();
+                close(&o, &out, 0.0);
+                close(&p, &probs, 0.0);
+            }
 
             let k = repeat_kv(&k, h / kv).unwrap().contiguous().unwrap();
             let v = repeat_kv(&v, h / kv).unwrap().contiguous().unwrap();
