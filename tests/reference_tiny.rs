@@ -153,6 +153,21 @@ fn next_token_logits_and_their_cache_equal_the_full_pass() {
             within(&m.model.next_logits(&[id], &mut cache).unwrap(), i, "one token");
         }
         assert_eq!(cache.len(), ids.len());
+
+        // A first chunk of exactly 64 tokens (it becomes the cache's buffers as it is), then
+        // single tokens (the cache grows).
+        let long: Vec<u32> = ids.iter().cycle().take(67).copied().collect();
+        let full = m.model.logits(&long).unwrap().squeeze(0).unwrap();
+        let row = |i: usize| flat(&full.get(i).unwrap());
+        let mut cache = KvCache::new();
+        let check = |got: Tensor, i: usize| {
+            let d = max_diff(&flat(&got), &row(i));
+            assert!(d <= 1e-5, "{path:?} 64-token prefill, position {i}: {d} from the full pass");
+        };
+        check(m.model.next_logits(&long[..64], &mut cache).unwrap(), 63);
+        for (i, &id) in long.iter().enumerate().skip(64) {
+            check(m.model.next_logits(&[id], &mut cache).unwrap(), i);
+        }
     }
 }
 

@@ -408,6 +408,12 @@ fn by_rows(
         .collect()
 }
 
+/// Whether products of many input rows run on lmscope's kernels here (else candle's GEMM, on
+/// the dequantized matrix).
+pub(super) fn own_kernels_for_many_rows() -> bool {
+    simd_available()
+}
+
 /// Whether the AVX-512 kernels of `simd.rs` run on this CPU.
 fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]

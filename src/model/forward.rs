@@ -134,10 +134,13 @@ impl Llama {
         self.run(ids, cache, capture, Logits::All)
     }
 
-    /// A timed forward pass (the `forward` span of `--timings`), on one of rayon's threads: a
-    /// parallel product started from there shares its work with the other threads directly,
-    /// while one started from any other thread is handed over to the pool and waited for (a
-    /// wake-up and a context switch for each of the ~200 products of a token).
+    /// A timed forward pass (the `forward` span of `--timings`). lmscope's parallel loops run on
+    /// the calling thread and its team (`team.rs`). Where candle does products (dense weights,
+    /// its quantized matmul), the pass runs on one of rayon's threads instead: a candle product
+    /// started from there shares its work with the other threads directly, while one started
+    /// from any other thread is handed over to the pool and waited for (a wake-up and a context
+    /// switch for each of the ~200 products of a token). Handing the pass itself over costs one
+    /// of each, which the first case saves.
     fn run(
         &self,
         ids: &Tensor,
@@ -146,7 +149,11 @@ impl Llama {
         logits_for: Logits,
     ) -> Result<Tensor> {
         let _t = crate::timings::span("forward");
-        rayon::scope(|_| self.forward_in_pool(ids, cache, capture, logits_for))
+        if self.weights.uses_candle_products() {
+            rayon::scope(|_| self.forward_in_pool(ids, cache, capture, logits_for))
+        } else {
+            self.forward_in_pool(ids, cache, capture, logits_for)
+        }
     }
 
     fn forward_in_pool(

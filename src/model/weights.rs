@@ -169,6 +169,20 @@ pub trait TensorSource {
 }
 
 impl Weights {
+    /// Whether some matrix product goes through candle (its GEMM, its quantized matmul), whose
+    /// parallel loops run on rayon's pool; lmscope's own kernels run on `team`.
+    pub fn uses_candle_products(&self) -> bool {
+        let layers = self.layers.iter().flat_map(|l| {
+            [&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj]
+        });
+        let mut all = layers.chain([&self.lm_head]);
+        all.any(|m| match m {
+            Matrix::Dense(_) | Matrix::Quantized(..) => true,
+            Matrix::Blocks(_) => !super::blocks::own_kernels_for_many_rows(),
+            Matrix::Int8Blocks(_) => false,
+        })
+    }
+
     /// Loads and checks every tensor against the config.
     pub fn load(source: &dyn TensorSource, cfg: &Config, form: MatrixForm) -> Result<Self> {
         let dtype = match form {
