@@ -11,7 +11,8 @@
 //! h = query heads, kv = key/value heads, d = head_dim, f = intermediate size, v = vocab.
 
 use super::ops::{
-    add_rms_norm, attention, causal_mask, rms_norm, rope_heads, silu_mul, split_heads, RopeTables,
+    add_rms_norm, attention, attention_output, causal_mask, rms_norm, rope_heads, silu_mul,
+    split_heads, RopeTables,
 };
 use super::weights::{LayerWeights, Matrix, Weights};
 use crate::config::Config;
@@ -193,6 +194,7 @@ impl Llama {
         // keys and values at every position but the rest at the last one only (llama.cpp does
         // the same; transformers computes every position and keeps the last).
         let last_only = matches!(logits_for, Logits::Last) && capture.is_none() && t > 1;
+        let keep_probs = capture.as_ref().is_some_and(|c| c.attentions);
         let eps = self.cfg.rms_norm_eps;
         // Each residual add comes with the RMSNorm that follows it (one pass): the first layer's
         // input_layernorm here, every later one (and the final norm) at the end of a layer.
@@ -207,14 +209,24 @@ impl Llama {
             });
             let rows = if last_only && i + 1 == w.layers.len() { Rows::Last } else { Rows::All };
             let next_norm = w.layers.get(i + 1).map_or(&w.norm, |l| &l.input_layernorm);
-            let (out, normed, probs) =
-                self.decoder_layer(layer, &x, &h, next_norm, &cos, &sin, mask.as_ref(), kv, rows)?;
+            let wanted = Wanted { rows, probs: keep_probs };
+            let (out, normed, probs) = self.decoder_layer(
+                layer,
+                &x,
+                &h,
+                next_norm,
+                &cos,
+                &sin,
+                mask.as_ref(),
+                kv,
+                wanted,
+            )?;
             (x, h) = (out, normed); // (b, t, c) each
             if let Some(cap) = capture.as_deref_mut() {
                 if cap.hidden_states {
                     cap.hidden.push(x.clone());
                 }
-                if cap.attentions {
+                if let Some(probs) = probs {
                     cap.attention.push(probs);
                 }
             }
@@ -239,9 +251,9 @@ impl Llama {
 
     /// One LlamaDecoderLayer, given its input x and `h`, x's input_layernorm. Returns its output
     /// (b, t, c), that output normed with `next_norm` (the next layer's input_layernorm, or the
-    /// model's final norm), and the attention probabilities (b, h, t, s); with `Rows::Last`, all
-    /// of the last position only (t = 1), the keys and values of every position still going to
-    /// the cache.
+    /// model's final norm), and the attention probabilities (b, h, t, s) if `wanted`; with
+    /// `Rows::Last`, all of the last position only (t = 1), the keys and values of every
+    /// position still going to the cache.
     #[allow(clippy::too_many_arguments)] // the layer's inputs, as transformers passes them
     fn decoder_layer(
         &self,
@@ -253,12 +265,12 @@ impl Llama {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<LayerCache>>,
-        rows: Rows,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+        wanted: Wanted,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let eps = self.cfg.rms_norm_eps;
         // hidden_states, attn_weights = self.self_attn(self.input_layernorm(hidden_states), ...)
-        let (attn, probs) = self.attention(layer, h, cos, sin, mask, cache, rows)?; // (b, t, c)
-        let x = match rows {
+        let (attn, probs) = self.attention(layer, h, cos, sin, mask, cache, wanted)?; // (b, t, c)
+        let x = match wanted.rows {
             Rows::All => x.clone(),
             Rows::Last => x.narrow(1, x.dim(1)? - 1, 1)?, // (b, 1, c)
         };
@@ -275,8 +287,9 @@ impl Llama {
         Ok((x, normed, probs))
     }
 
-    /// LlamaAttention: grouped-query self-attention with rotary embeddings and a causal mask.
-    /// With `Rows::Last`, only the last position's query (keys and values of all).
+    /// LlamaAttention: grouped-query self-attention with rotary embeddings and a causal mask;
+    /// the probabilities too if `wanted`. With `Rows::Last`, only the last position's query
+    /// (keys and values of all).
     #[allow(clippy::too_many_arguments)] // the layer's inputs, as transformers passes them
     fn attention(
         &self,
@@ -286,15 +299,15 @@ impl Llama {
         sin: &Tensor,
         mask: Option<&Tensor>,
         cache: Option<&mut Option<LayerCache>>,
-        rows: Rows,
-    ) -> Result<(Tensor, Tensor)> {
+        wanted: Wanted,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let cfg = &self.cfg;
         let (b, t, _c) = x.dims3()?;
         let (h, kv, d) = (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim);
 
         // query_states = q_proj(x).view(b, t, h, d).transpose(1, 2), likewise k and v
         // ... with apply_rotary_pos_emb(q, k, cos, sin) in the same pass for q and k
-        let (q, k, v, mask, t) = match rows {
+        let (q, k, v, mask, t) = match wanted.rows {
             Rows::All => {
                 let [q, k, v] = products(&[&layer.q_proj, &layer.k_proj, &layer.v_proj], x)?;
                 (rope_heads(&q, h, cos, sin)?, k, v, mask, t) // q: (b, h, t, d)
@@ -317,7 +330,10 @@ impl Llama {
         };
 
         // softmax(q k^T / sqrt(d) + mask) v, each KV head serving h / kv query heads (repeat_kv)
-        let (out, probs) = attention(&q, &k, &v, mask)?; // (b, h, t, d), (b, h, t, s)
+        let (out, probs) = match wanted.probs {
+            true => attention(&q, &k, &v, mask).map(|(out, p)| (out, Some(p)))?, // (b, h, t, s)
+            false => (attention_output(&q, &k, &v, mask)?, None),
+        }; // out: (b, h, t, d)
 
         // attn_output.transpose(1, 2).reshape(b, t, h * d); o_proj(attn_output)
         let out = out.transpose(1, 2)?.reshape((b, t, h * d))?; // (b, t, h*d)
@@ -356,6 +372,15 @@ fn products<const N: usize>(ms: &[&Matrix; N], x: &Tensor) -> Result<[Tensor; N]
 enum Logits {
     All,
     Last,
+}
+
+/// What a decoder layer computes besides its output.
+#[derive(Clone, Copy)]
+struct Wanted {
+    /// The positions it computes its output for.
+    rows: Rows,
+    /// Whether it keeps the attention probabilities (for a capture).
+    probs: bool,
 }
 
 /// The positions a decoder layer computes its output for.

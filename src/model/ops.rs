@@ -355,13 +355,36 @@ pub fn attention(
     v: &Tensor,
     mask: Option<&Tensor>,
 ) -> Result<(Tensor, Tensor)> {
+    let (out, probs) = attention_with(q, k, v, mask, true)?;
+    Ok((out, probs.expect("the probabilities were asked for")))
+}
+
+/// [`attention`]'s output alone, (b, h, t, d): the probabilities are not kept (for f32, each
+/// block of queries has them in a scratch buffer of its thread instead of in a (b, h, t, s)
+/// tensor that nobody reads).
+pub fn attention_output(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
+    Ok(attention_with(q, k, v, mask, false)?.0)
+}
+
+fn attention_with(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    keep_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
     let mask_fits = mask.is_none_or(|m| m.dims() == [t, s]);
     let fast = kv > 0 && h % kv == 0 && t * s * d > 0 && k.dims4()? == v.dims4()? && mask_fits;
     if q.dtype() == DType::F32 && fast {
-        return attention_f32(q, k, v, mask);
+        return attention_f32(q, k, v, mask, keep_probs);
     }
     let q = q.contiguous()?.reshape((b, kv, groups * t, d))?; // (b, kv, groups*t, d)
 
@@ -377,7 +400,7 @@ pub fn attention(
 
     // attn_output = attn_weights @ v
     let out = matmul(&probs.reshape((b, kv, groups * t, s))?, v)?; // (b, kv, groups*t, d)
-    Ok((out.reshape((b, h, t, d))?, probs))
+    Ok((out.reshape((b, h, t, d))?, Some(probs)))
 }
 
 /// Queries of one head that `attention_f32` hands to the row kernels together.
@@ -393,7 +416,8 @@ fn attention_f32(
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
-) -> Result<(Tensor, Tensor)> {
+    keep_probs: bool,
+) -> Result<(Tensor, Option<Tensor>)> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
@@ -407,11 +431,12 @@ fn attention_f32(
     };
     let (k, v) = (in_place(k)?, in_place(v)?);
     let mask = mask.map(|m| m.to_dtype(DType::F32)?.contiguous()).transpose()?;
-    let (mut probs, mut out) = (team::Fresh::new(b * h * t * s), team::Fresh::new(b * t * h * d));
+    let mut probs = keep_probs.then(|| team::Fresh::new(b * h * t * s));
+    let mut out = team::Fresh::new(b * t * h * d);
     // Per batch and head, blocks of consecutive queries (they share the keys and values they
     // read), the blocks in parallel. The output is written as (b, t, h, d), the layout o_proj
     // reads (attn_output.transpose(1, 2)), so that transposing it back costs no copy.
-    let (probs_parts, out_parts) = (probs.parts(), out.parts());
+    let (probs_parts, out_parts) = (probs.as_mut().map(|p| p.parts()), out.parts());
     let blocks_per_head = t.div_ceil(ATTENTION_ROWS);
     // k and v as they are (a cache's buffers hold each head's s positions contiguously, with a
     // stride between heads); each KV head's keys transposed, (d, s): a query's scores are then
@@ -437,8 +462,15 @@ fn attention_f32(
             let first = block * ATTENTION_ROWS;
             let rows = ATTENTION_ROWS.min(t - first);
             let (at, end) = (bh * t + first, bh * t + first + rows);
-            // SAFETY: each task takes the rows of its own block of queries.
-            let p = unsafe { probs_parts.zeroed(at * s..end * s) };
+            let mut scratch = None;
+            let p = match &probs_parts {
+                // SAFETY: each task takes the rows of its own block of queries.
+                Some(parts) => unsafe { parts.zeroed(at * s..end * s) },
+                None => {
+                    let buffer = SCRATCH.take();
+                    scratch.insert(ScratchGuard(buffer)).for_rows(rows * s)
+                }
+            };
             let mut block_out = [0f32; ATTENTION_ROWS * 256];
             let mut heap = None;
             let o = match block_out.get_mut(..rows * d) {
@@ -485,12 +517,35 @@ fn attention_f32(
         candle_core::bail!("attention needs f32 tensors on the CPU");
     }
     // SAFETY: the tasks covered every (batch, head, query), so every value of both.
-    let (out, probs) = unsafe { (out.finish(), probs.finish()) };
+    let (out, probs) = unsafe { (out.finish(), probs.map(|p| p.finish())) };
     let device = q.device();
     Ok((
         Tensor::from_vec(out, (b, t, h, d), device)?.transpose(1, 2)?, // (b, h, t, d)
-        Tensor::from_vec(probs, (b, h, t, s), device)?,
+        probs.map(|p| Tensor::from_vec(p, (b, h, t, s), device)).transpose()?,
     ))
+}
+
+thread_local! {
+    /// A thread's buffer for the probabilities of a block of queries that are not kept.
+    static SCRATCH: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// The scratch buffer, handed back to its thread when the block is done.
+struct ScratchGuard(Vec<f32>);
+
+impl ScratchGuard {
+    /// The first `len` values, zeroed.
+    fn for_rows(&mut self, len: usize) -> &mut [f32] {
+        self.0.clear();
+        self.0.resize(len, 0.0);
+        &mut self.0
+    }
+}
+
+impl Drop for ScratchGuard {
+    fn drop(&mut self) {
+        SCRATCH.set(std::mem::take(&mut self.0));
+    }
 }
 
 /// One query's attention (the portable version of `simd::attention_rows`): its scores against
@@ -712,6 +767,10 @@ mod tests {
                 let (o, p) = attention(&q, k, v, mask.as_ref()).unwrap();
                 close(&o, &out, 0.0);
                 close(&p, &probs, 0.0);
+            }
+            // Without keeping the probabilities (a scratch buffer per thread, reused).
+            for _ in 0..2 {
+                close(&attention_output(&q, &k, &v, mask.as_ref()).unwrap(), &out, 0.0);
             }
 
             let k = repeat_kv(&k, h / kv).unwrap().contiguous().unwrap();
