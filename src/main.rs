@@ -17,7 +17,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let show_timings = cli.global.timings;
     if let Some(n) = cli.global.threads {
-        // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels use rayon's global pool.
+        // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels run on model::team,
+        // which takes its size from rayon's global pool.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n as usize).build_global();
     }

@@ -291,8 +291,8 @@ fn panel_products(ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) }
 }
 
-/// Runs `kernel(w, window)` over windows of columns of every product (about four per thread,
-/// each a multiple of `step` wide, all in one parallel region) and returns the products,
+/// Runs `kernel(w, window)` over windows of columns of every product (from large to small, each
+/// a multiple of `step` wide but a matrix's last, all in one parallel loop) and returns the products,
 /// (m, rows_i) each, row-major. The outputs start uninitialized (zeroing them cost about as
 /// much as packing the inputs).
 ///

@@ -257,7 +257,7 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 }
 
 /// A projection's output split into heads: (b, t, heads * d) -> (b, heads, t, d) contiguous,
-/// `view(b, t, heads, d).transpose(1, 2)`; for f32 in one parallel pass (a head per task)
+/// `view(b, t, heads, d).transpose(1, 2)`; for f32 in one parallel pass (tasks of rows)
 /// instead of a copy element by element.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Tensor> {
     let (b, t, hd) = x.dims3()?;
@@ -382,7 +382,7 @@ fn attention_with(
     let (_, kv, s, _) = k.dims4()?;
     let groups = h / kv;
     let mask_fits = mask.is_none_or(|m| m.dims() == [t, s]);
-    let fast = kv > 0 && h % kv == 0 && t * s * d > 0 && k.dims4()? == v.dims4()? && mask_fits;
+    let fast = kv > 0 && h % kv == 0 && b * t * s * d > 0 && k.dims4()? == v.dims4()? && mask_fits;
     if q.dtype() == DType::F32 && fast {
         return attention_f32(q, k, v, mask, keep_probs);
     }
@@ -668,6 +668,16 @@ mod tests {
         let expected =
             rope(&x.reshape((b, t, heads, d)).unwrap().transpose(1, 2).unwrap(), &cos, &sin);
         close(&rope_heads(&x, heads, &cos, &sin).unwrap(), &expected.unwrap(), 0.0);
+    }
+
+    #[test]
+    fn attention_on_an_empty_batch_is_empty() {
+        let dev = Device::Cpu;
+        let q = Tensor::zeros((0, 4, 3, 8), DType::F32, &dev).unwrap();
+        let kv = Tensor::zeros((0, 2, 3, 8), DType::F32, &dev).unwrap();
+        let (out, probs) = attention(&q, &kv, &kv, None).unwrap();
+        assert_eq!((out.dims(), probs.dims()), ([0, 4, 3, 8].as_slice(), [0, 4, 3, 3].as_slice()));
+        assert_eq!(attention_output(&q, &kv, &kv, None).unwrap().dims(), [0, 4, 3, 8]);
     }
 
     #[test]
