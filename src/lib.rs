@@ -2,17 +2,19 @@
 //!
 //! text -> [`tokenizer`] -> token ids -> embeddings -> [`model::forward`] -> logits -> next token.
 //! Each subcommand of the binary is one [`stages`] function that returns a serialisable report;
-//! [`report`] prints it as a table or as JSON.
+//! [`render`] writes it as a table or as JSON to a writer.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod gguf;
 pub mod hub;
 pub mod model;
-pub mod report;
+pub mod render;
 pub mod sampling;
 pub mod source;
 pub mod stages;
+pub mod text;
 pub mod timings;
 pub mod tokenizer;
 

@@ -355,6 +355,14 @@ impl Llama {
         Ok(logits.squeeze(0)?.squeeze(0)?) // (v)
     }
 
+    /// What the model predicts from a residual-stream state x (b, t, c): the final RMSNorm and
+    /// lm_head, (b, t, v) in f32. On the last layer's output these are the model's own logits;
+    /// on an earlier layer's, the logit lens.
+    pub fn final_logits(&self, x: &Tensor) -> Result<Tensor> {
+        let h = rms_norm(&x.to_dtype(self.dtype)?, &self.weights.norm, self.cfg.rms_norm_eps)?;
+        Ok(self.weights.lm_head.forward(&h)?.to_dtype(DType::F32)?)
+    }
+
     /// The embedding row of each id, (n, c), in f32.
     pub fn embeddings(&self, ids: &[u32]) -> Result<Tensor> {
         self.weights.embed_tokens.rows(ids)

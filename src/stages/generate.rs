@@ -71,7 +71,7 @@ pub fn run(
         req.max_new_tokens <= room,
         "--max-new-tokens {} does not fit: the prompt has {} and the model's context is {}",
         req.max_new_tokens,
-        crate::report::count(prompt_ids.len(), "token"),
+        crate::text::count(prompt_ids.len(), "token"),
         cfg.max_position_embeddings
     );
 

@@ -1,4 +1,5 @@
-//! The one place that writes to stdout: tables (comfy-table) for people, JSON for programs.
+//! The one place that formats output: tables (comfy-table) for people, JSON for programs, written
+//! to a writer the caller passes in (stdout for the binary, a `Vec<u8>` in tests).
 
 use crate::stages::embed::EmbedReport;
 use crate::stages::generate::{ArgmaxReport, GenerateReport, Step};
@@ -6,6 +7,7 @@ use crate::stages::logits::LogitsReport;
 use crate::stages::model_info::ModelReport;
 use crate::stages::similarity::SimilarityReport;
 use crate::stages::tokenize::TokenizeReport;
+use crate::text::{count, visible, visible_bytes};
 use anyhow::Result;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
@@ -19,13 +21,17 @@ pub enum Format {
 }
 
 /// Prints any report: JSON as one document, otherwise the given human rendering.
-fn emit<T: Serialize>(format: Format, report: &T, human: impl FnOnce() -> String) -> Result<()> {
+fn emit<T: Serialize>(
+    out: &mut dyn Write,
+    format: Format,
+    report: &T,
+    human: impl FnOnce() -> String,
+) -> Result<()> {
     let _t = crate::timings::span("report");
     let text = match format {
         Format::Json => serde_json::to_string_pretty(report)?,
         Format::Human => human(),
     };
-    let mut out = std::io::stdout().lock();
     writeln!(out, "{}", text.trim_end())?;
     out.flush()?;
     Ok(())
@@ -47,25 +53,6 @@ fn right(t: &mut Table, columns: &[usize]) {
     }
 }
 
-/// A piece of text with spaces, newlines and control characters visible: `" Helsinki"`, `"\n"`.
-pub fn visible(text: &str) -> String {
-    format!("{text:?}")
-}
-
-/// Like [`visible`], for the exact bytes of a token: bytes that are not (yet) a whole UTF-8
-/// character, as when a token holds half of an emoji, show as `\xF0`.
-pub fn visible_bytes(bytes: &[u8]) -> String {
-    let mut out = String::from("\"");
-    for chunk in bytes.utf8_chunks() {
-        let valid = format!("{:?}", chunk.valid());
-        out += &valid[1..valid.len() - 1];
-        for b in chunk.invalid() {
-            out += &format!("\\x{b:02X}");
-        }
-    }
-    out + "\""
-}
-
 /// One line explaining GPT-2's `Ġ` convention, shown when a token uses it.
 const G_NOTE: &str =
     "note: Ġ in a token stands for a space (byte-level BPE maps bytes to printable characters; Ċ is a newline)";
@@ -74,8 +61,8 @@ fn uses_g(tokens: impl IntoIterator<Item = impl AsRef<str>>) -> bool {
     tokens.into_iter().any(|t| t.as_ref().contains(['Ġ', 'Ċ']))
 }
 
-pub fn tokenize(format: Format, r: &TokenizeReport) -> Result<()> {
-    emit(format, r, || {
+pub fn tokenize(out: &mut dyn Write, format: Format, r: &TokenizeReport) -> Result<()> {
+    emit(out, format, r, || {
         let mut t = table(&["#", "id", "token", "text", "offsets"]);
         for (i, tok) in r.tokens.iter().enumerate() {
             let token =
@@ -115,8 +102,8 @@ pub fn tokenize(format: Format, r: &TokenizeReport) -> Result<()> {
     })
 }
 
-pub fn logits(format: Format, r: &LogitsReport) -> Result<()> {
-    emit(format, r, || {
+pub fn logits(out: &mut dyn Write, format: Format, r: &LogitsReport) -> Result<()> {
+    emit(out, format, r, || {
         let mut s = format!(
             "logits shape: [{}, {}, {}]  (batch, tokens, vocabulary)\n",
             r.shape[0], r.shape[1], r.shape[2]
@@ -168,8 +155,8 @@ pub fn logits(format: Format, r: &LogitsReport) -> Result<()> {
     })
 }
 
-pub fn argmax(format: Format, r: &ArgmaxReport) -> Result<()> {
-    emit(format, r, || {
+pub fn argmax(out: &mut dyn Write, format: Format, r: &ArgmaxReport) -> Result<()> {
+    emit(out, format, r, || {
         let mut s = format!(
             "argmax: id {} = {} ({}), probability {:.4}\n",
             r.id,
@@ -187,11 +174,6 @@ pub fn argmax(format: Format, r: &ArgmaxReport) -> Result<()> {
         }
         s
     })
-}
-
-/// "1 new token", "2 new tokens".
-pub fn count(n: usize, noun: &str) -> String {
-    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 const SAMPLE_NOTE: &str = "note: prob is the model's probability (temperature 1); drawn with is the probability the sampler drew the token with; runner-up is the most likely token not drawn";
@@ -227,8 +209,8 @@ fn steps_table(steps: &[Step]) -> String {
     t.to_string()
 }
 
-pub fn embed(format: Format, r: &EmbedReport) -> Result<()> {
-    emit(format, r, || {
+pub fn embed(out: &mut dyn Write, format: Format, r: &EmbedReport) -> Result<()> {
+    emit(out, format, r, || {
         let mut s = format!(
             "embedding matrix: [{}, {}]  (vocabulary, hidden size)\n",
             r.shape[0], r.shape[1]
@@ -254,8 +236,8 @@ pub fn embed(format: Format, r: &EmbedReport) -> Result<()> {
     })
 }
 
-pub fn similarity(format: Format, r: &SimilarityReport) -> Result<()> {
-    emit(format, r, || {
+pub fn similarity(out: &mut dyn Write, format: Format, r: &SimilarityReport) -> Result<()> {
+    emit(out, format, r, || {
         let mut s = String::from(
             "cosine similarity of input embeddings (1 = same direction, 0 = unrelated, -1 = opposite)\n",
         );
@@ -289,8 +271,8 @@ pub fn similarity(format: Format, r: &SimilarityReport) -> Result<()> {
     })
 }
 
-pub fn model(format: Format, r: &ModelReport) -> Result<()> {
-    emit(format, r, || {
+pub fn model(out: &mut dyn Write, format: Format, r: &ModelReport) -> Result<()> {
+    emit(out, format, r, || {
         let c = &r.config;
         let p = &r.parameters;
         let mut s = format!("{}\n\n", r.tree);
@@ -356,20 +338,21 @@ fn group(n: usize) -> String {
 
 /// Prints generated text as it is produced, holding back bytes until they form whole UTF-8
 /// characters (a token can end in the middle of one).
-pub struct TextStream {
+pub struct TextStream<'a> {
+    out: &'a mut dyn Write,
     /// The prompt, printed with the first token (so an error before it prints nothing).
     prompt: Option<String>,
     pending: Vec<u8>,
 }
 
-impl TextStream {
-    pub fn new(prompt: &str) -> Self {
-        TextStream { prompt: Some(prompt.to_string()), pending: Vec::new() }
+impl<'a> TextStream<'a> {
+    pub fn new(out: &'a mut dyn Write, prompt: &str) -> Self {
+        TextStream { out, prompt: Some(prompt.to_string()), pending: Vec::new() }
     }
 
     pub fn push(&mut self, step: &Step) -> Result<()> {
         if let Some(prompt) = self.prompt.take() {
-            write!(std::io::stdout().lock(), "{prompt}")?;
+            write!(self.out, "{prompt}")?;
         }
         self.pending.extend_from_slice(&step.bytes);
         let valid = match std::str::from_utf8(&self.pending) {
@@ -380,15 +363,14 @@ impl TextStream {
         };
         let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
         self.pending.drain(..valid);
-        let mut out = std::io::stdout().lock();
-        write!(out, "{text}")?;
-        out.flush()?;
+        write!(self.out, "{text}")?;
+        self.out.flush()?;
         Ok(())
     }
 
     /// Ends the stream line and prints the summary (and the steps table when asked).
     pub fn finish(self, r: &GenerateReport, show_steps: bool) -> Result<()> {
-        let mut out = std::io::stdout().lock();
+        let out = self.out;
         writeln!(out, "{}", String::from_utf8_lossy(&self.pending))?;
         let mut summary = format!(
             "\n[{}, {}, stopped at {}",
@@ -411,6 +393,6 @@ impl TextStream {
     }
 }
 
-pub fn generate(r: &GenerateReport) -> Result<()> {
-    emit(Format::Json, r, String::new)
+pub fn generate(out: &mut dyn Write, r: &GenerateReport) -> Result<()> {
+    emit(out, Format::Json, r, String::new)
 }

@@ -1,0 +1,220 @@
+//! One command, run: from parsed arguments to a report written to a writer. The binary calls
+//! [`run`] once; a session that keeps the model loaded calls it for every line.
+
+use crate::cli::{Cli, Command, Dims, Dtype, GlobalArgs, PoolArg, WordArgs};
+use crate::model;
+use crate::render::{self, Format};
+use crate::sampling::Strategy;
+use crate::source::{self, ModelSpec};
+use crate::stages::{embed, generate, logits, model_info, similarity, tokenize};
+use crate::tokenizer::Tokenizer;
+use anyhow::Result;
+use std::io::Write;
+
+/// What stays loaded between commands: the model of the last command that needed one, keyed by
+/// the options that chose it. It is never dropped: freeing the tokenizer's hundred thousand small
+/// allocations and the weights' maps at exit would take 10-20 ms of a command that otherwise
+/// takes about 130, and the operating system reclaims it all anyway.
+#[derive(Default)]
+pub struct Session {
+    loaded: Option<(ModelKey, &'static model::LoadedModel)>,
+    tokenizer: Option<(ModelKey, &'static Tokenizer)>,
+}
+
+/// The global options that decide which model is loaded and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ModelKey {
+    model: String,
+    revision: Option<String>,
+    dtype: Dtype,
+    quantized: bool,
+}
+
+impl ModelKey {
+    fn of(g: &GlobalArgs) -> Self {
+        ModelKey {
+            model: g.model.clone(),
+            revision: g.revision.clone(),
+            dtype: g.dtype,
+            quantized: g.quantized,
+        }
+    }
+}
+
+impl Session {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The model the global options name, loaded once per session.
+    pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
+        let key = ModelKey::of(g);
+        if let Some((k, m)) = &self.loaded {
+            if *k == key {
+                return Ok(m);
+            }
+        }
+        let m = load_model(g)?;
+        self.loaded = Some((key, m));
+        Ok(m)
+    }
+
+    /// The tokenizer alone, without reading the weights (the loaded model's, if it is the one
+    /// the options name).
+    pub fn tokenizer(&mut self, g: &GlobalArgs) -> Result<&'static Tokenizer> {
+        let key = ModelKey::of(g);
+        if let Some((k, m)) = &self.loaded {
+            if *k == key {
+                return Ok(&m.tokenizer);
+            }
+        }
+        if let Some((k, t)) = &self.tokenizer {
+            if *k == key {
+                return Ok(t);
+            }
+        }
+        let t: &'static Tokenizer = Box::leak(Box::new(load_tokenizer(g)?));
+        self.tokenizer = Some((key, t));
+        Ok(t)
+    }
+}
+
+/// Runs one command and writes its report to `out`.
+pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> {
+    let g = &cli.global;
+    let format = if g.json { Format::Json } else { Format::Human };
+    anyhow::ensure!(
+        !(g.quantized && g.dtype != Dtype::F32),
+        "--quantized computes in f32 from the GGUF blocks: drop --dtype"
+    );
+    if matches!(cli.command, Command::Logits(_) | Command::Argmax(_) | Command::Generate(_)) {
+        note_quantized(g);
+    }
+    match &cli.command {
+        Command::Tokenize(args) => {
+            let tokenizer = session.tokenizer(g)?;
+            let r = match (&args.ids, &args.text) {
+                (Some(ids), _) => tokenize::from_ids(tokenizer, ids)?,
+                (None, Some(text)) => tokenize::from_text(tokenizer, text)?,
+                (None, None) => anyhow::bail!("give a TEXT to tokenize or --ids"),
+            };
+            render::tokenize(out, format, &r)?;
+        }
+        Command::Logits(args) => {
+            let m = session.model(g)?;
+            let req = logits::LogitsRequest {
+                text: &args.text,
+                top_k: args.top_k,
+                position: args.position,
+                full: args.full,
+                temperature: args.temperature,
+            };
+            render::logits(out, format, &logits::run(m, &req)?)?;
+        }
+        Command::Argmax(args) => {
+            let m = session.model(g)?;
+            render::argmax(out, format, &generate::argmax_steps(m, &args.text, args.steps)?)?;
+        }
+        Command::Embed(args) => {
+            let m = session.model(g)?;
+            let req = embed::EmbedRequest {
+                words: &args.words,
+                exact: args.lookup.exact,
+                pool: pool(&args.lookup),
+                dims: match args.dims {
+                    Dims::All => None,
+                    Dims::First(n) => Some(n),
+                },
+            };
+            render::embed(out, format, &embed::run(m, &req)?)?;
+        }
+        Command::Similarity(args) => {
+            let m = session.model(g)?;
+            let r = similarity::run(m, &args.words, args.lookup.exact, pool(&args.lookup))?;
+            render::similarity(out, format, &r)?;
+        }
+        Command::Model => {
+            let m = session.model(g)?;
+            render::model(out, format, &model_info::run(m)?)?;
+        }
+        Command::Generate(args) => {
+            let m = session.model(g)?;
+            let strategy = if args.sample {
+                Strategy::Sample {
+                    temperature: args.temperature.unwrap_or(1.0),
+                    top_k: args.top_k,
+                    top_p: args.top_p,
+                    seed: args.seed.unwrap_or_else(clock_seed),
+                }
+            } else {
+                Strategy::Greedy
+            };
+            let req = generate::GenerateRequest {
+                text: &args.text,
+                max_new_tokens: args.max_new_tokens,
+                strategy,
+                stop_at_eos: !args.ignore_eos,
+            };
+            match format {
+                Format::Json => render::generate(out, &generate::run(m, &req, &mut |_| Ok(()))?)?,
+                Format::Human => {
+                    // The prompt is printed with the first token: an error comes out alone.
+                    let mut stream = render::TextStream::new(out, &args.text);
+                    let r = generate::run(m, &req, &mut |step| stream.push(step))?;
+                    stream.finish(&r, args.show_steps)?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pool(args: &WordArgs) -> embed::Pool {
+    match args.pool {
+        PoolArg::Single => embed::Pool::Single,
+        PoolArg::Mean => embed::Pool::Mean,
+    }
+}
+
+/// A seed for --sample without --seed; printed with the output so the run can be repeated.
+fn clock_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn resolve(g: &GlobalArgs) -> Result<source::Resolved> {
+    let _t = crate::timings::span("resolve");
+    ModelSpec::parse(&g.model, g.revision.as_deref())?.resolve()
+}
+
+fn load_tokenizer(g: &GlobalArgs) -> Result<Tokenizer> {
+    let resolved = resolve(g)?;
+    let _t = crate::timings::span("load");
+    Tokenizer::load(&resolved.files)
+}
+
+/// Loads the model for the rest of the process (see [`Session`]).
+fn load_model(g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
+    let dtype = match g.dtype {
+        Dtype::F32 => candle_core::DType::F32,
+        Dtype::Bf16 => candle_core::DType::BF16,
+        Dtype::F16 => candle_core::DType::F16,
+    };
+    let resolved = resolve(g)?;
+    let _t = crate::timings::span("load");
+    let m = if g.quantized {
+        model::load_as(&resolved, model::MatrixForm::Quantized)?
+    } else {
+        model::load(&resolved, dtype)?
+    };
+    Ok(Box::leak(Box::new(m)))
+}
+
+/// Says, on stderr, that the numbers of a forward pass come from the --quantized path.
+fn note_quantized(g: &GlobalArgs) {
+    if g.quantized {
+        eprintln!("note: --quantized: ggml's quantized matmul (activations rounded to 8 bits); the numbers differ from the exact path");
+    }
+}
