@@ -19,10 +19,7 @@
 //!   the forward pass allows: a renormalised probability moves by at most 2 * D / T relative when
 //!   every logit moves by at most D, so the bound is 1e-6 + 2 * D / T with D the max |logit
 //!   difference| of this very row, measured in the test with `logits --full` (and itself required
-//!   to be at most 1e-4). A flat 1e-6 cannot hold: through the binary (inspect and probs branches
-//!   merged) the prompt's logits differ from transformers' by 3.9e-6 (tiny) and 3.6e-5 (SmolLM2),
-//!   and the final probabilities by up to 5.7e-6 and 1.7e-5 relative, inside the bound every time
-//!   (at most 1.6e-5 and 1.5e-4). `--rows all` makes `final` list every kept token.
+//!   to be at most 1e-4).
 //! - neighbours and analogies: equal ids in order, cosines 1e-5 (the embeddings are exactly the
 //!   same dequantized numbers; only the f64 summation order differs).
 
@@ -241,6 +238,27 @@ fn check_attention(model: &str, dir: &str, tol: f64) {
                 }
             }
             eprintln!("{text:?} layer {layer}: max |attention difference| {worst:.1e}");
+            // The scores that classify each head, from the same probabilities.
+            let want_scores = arr(&arr(&case["head_scores"])[layer as usize]["heads"]);
+            let mut worst_entropy = 0f64;
+            for (head, want) in heads.iter().zip(want_scores) {
+                let h = u(&want["head"]);
+                let sc = &head["scores"];
+                assert_eq!(
+                    u(&sc["queries"]),
+                    u(&want["queries"]),
+                    "layer {layer} head {h}: queries"
+                );
+                for key in ["previous", "first", "self", "entropy", "entropy_normalized"] {
+                    let (x, w) = (f(&sc[key]), f(&want[key]));
+                    let d = (x - w).abs();
+                    if key.starts_with("entropy") {
+                        worst_entropy = worst_entropy.max(d);
+                    }
+                    assert!(d <= tol, "{text:?} layer {layer} head {h}: {key} {x} vs {w}");
+                }
+            }
+            eprintln!("{text:?} layer {layer}: max |entropy difference| {worst_entropy:.1e}");
         }
     }
 }
