@@ -2,7 +2,7 @@
 //! with the KV cache so each new token costs one position of work.
 
 use crate::model::{KvCache, LoadedModel};
-use crate::sampling::{argmax, filtered_distribution, probabilities, Rng, Strategy};
+use crate::sampling::{argmax, probabilities, Pipeline, Rng, Strategy};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
@@ -132,7 +132,13 @@ fn choose(
     let probs = probabilities(logits, 1.0);
     let (id, sample_prob) = match (strategy, rng) {
         (Strategy::Sample { temperature, top_k, top_p, .. }, Some(rng)) => {
-            let dist = filtered_distribution(logits, *temperature, *top_k, *top_p);
+            // The same pipeline and draw as `lmscope sample`, so a seed gives the same tokens.
+            let settings = crate::sampling::Settings {
+                temperature: *temperature,
+                top_k: *top_k,
+                top_p: *top_p,
+            };
+            let dist = Pipeline::new(logits, &settings).sampled;
             let id = rng.choose(&dist);
             (id, Some(dist[id]))
         }
