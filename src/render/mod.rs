@@ -13,6 +13,13 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArra
 use serde::Serialize;
 use std::io::Write;
 
+mod sample;
+mod score;
+mod space;
+pub use sample::*;
+pub use score::*;
+pub use space::*;
+
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
