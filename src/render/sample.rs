@@ -4,14 +4,14 @@
 use super::score::short;
 use super::{emit, right, table, Format};
 use crate::stages::sample::{SampleReport, SampleStep};
-use crate::text::visible;
+use crate::text::{number, visible};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write;
 
 /// 0.7 -> "0.7", 40.0 -> "40", None -> "off".
 fn setting(v: Option<f64>) -> String {
-    v.map_or("off".into(), |x| format!("{x}"))
+    v.map_or("off".into(), number)
 }
 
 /// A probability in a narrow column: 4 decimals, "-" for a removed token.
@@ -34,7 +34,7 @@ fn step(s: &mut String, r: &SampleReport, st: &SampleStep) {
     right(&mut t, &[1, 2, 3, 4]);
     let _ = writeln!(s, "{t}");
 
-    let t_head = format!("T={}", r.temperature);
+    let t_head = format!("T={}", number(r.temperature));
     let mut t = table(&["rank", "token", "logit", "T=1", &t_head, "top-k", "top-p", "cum"]);
     let mut last = 0;
     for c in &st.candidates {
@@ -45,7 +45,7 @@ fn step(s: &mut String, r: &SampleReport, st: &SampleStep) {
         let rank = if c.drawn { format!("*{}", c.rank) } else { c.rank.to_string() };
         t.add_row(vec![
             rank,
-            short(&c.text, 12),
+            short(&c.bytes, 12),
             format!("{:.3}", c.logit),
             format!("{:.4}", c.prob),
             format!("{:.4}", c.prob_temperature),
@@ -94,7 +94,7 @@ pub fn sample(out: &mut dyn Write, format: Format, r: &SampleReport) -> Result<(
     emit(out, format, r, || {
         let mut s = format!(
             "sampling with temperature {}, top-k {}, top-p {}, seed {} (transformers' order: temperature, top-k, top-p, renormalise, draw)\n",
-            r.temperature,
+            number(r.temperature),
             r.top_k.map_or("off".into(), |k| k.to_string()),
             setting(r.top_p),
             r.seed

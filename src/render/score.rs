@@ -2,14 +2,14 @@
 
 use super::{emit, right, table, Format};
 use crate::stages::score::{ScoreReport, TextScore};
-use crate::text::{count, visible};
+use crate::text::{count, visible, visible_bytes};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write;
 
-/// A token's text for a narrow column: visible, and cut to `max` characters.
-pub(super) fn short(text: &str, max: usize) -> String {
-    let v = visible(text);
+/// A token's bytes for a narrow column: visible, and cut to `max` characters.
+pub(super) fn short(bytes: &[u8], max: usize) -> String {
+    let v = visible_bytes(bytes);
     if v.chars().count() <= max {
         return v;
     }
@@ -46,12 +46,12 @@ fn one(s: &mut String, r: &TextScore) {
     for x in &r.tokens {
         t.add_row(vec![
             x.position.to_string(),
-            short(&x.text, 12),
+            short(&x.bytes, 12),
             format!("{:.4}", x.logprob),
             format!("{:.4}", x.prob),
             format!("{:.2}", x.surprisal_bits),
             x.rank.to_string(),
-            short(&x.top_text, 12),
+            short(&x.top_bytes, 12),
             format!("{:.2}", x.entropy / std::f64::consts::LN_2),
         ]);
     }
@@ -84,7 +84,7 @@ pub fn score(out: &mut dyn Write, format: Format, r: &ScoreReport) -> Result<()>
                 for (i, c) in candidates.iter().enumerate() {
                     t.add_row(vec![
                         (i + 1).to_string(),
-                        short(&c.text, 20),
+                        short(c.text.as_bytes(), 20),
                         c.tokens.len().to_string(),
                         format!("{:.4}", c.total_logprob),
                         format!("{:.4e}", c.total_logprob.exp()),

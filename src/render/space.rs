@@ -2,7 +2,7 @@
 
 use super::{emit, right, table, uses_g, Format, G_NOTE};
 use crate::stages::space::{AnalogyReport, Neighbour, NeighboursReport};
-use crate::text::visible;
+use crate::text::{visible, visible_bytes};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -14,7 +14,7 @@ fn ranked(s: &mut String, rows: &[Neighbour]) {
             n.rank.to_string(),
             n.id.to_string(),
             n.token.clone(),
-            visible(&n.text),
+            visible_bytes(&n.bytes),
             format!("{:.4}", n.cosine),
         ]);
     }

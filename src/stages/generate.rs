@@ -102,9 +102,10 @@ pub fn run(
         Strategy::Greedy => ("greedy".to_string(), None),
         Strategy::Sample { temperature, top_k, top_p, seed } => (
             format!(
-                "sample (temperature {temperature}, top-k {}, top-p {})",
+                "sample (temperature {}, top-k {}, top-p {})",
+                crate::text::number(*temperature),
                 top_k.map_or("off".into(), |k| k.to_string()),
-                top_p.map_or("off".into(), |p| p.to_string())
+                top_p.map_or("off".into(), crate::text::number)
             ),
             Some(*seed),
         ),

@@ -90,6 +90,9 @@ pub struct Candidate {
     pub id: u32,
     pub token: String,
     pub text: String,
+    /// The exact bytes (for the table: part of a character shows as `\xF0`).
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
     pub logit: f32,
     /// softmax(logits): temperature 1.
     pub prob: f64,
@@ -198,6 +201,7 @@ fn describe_step(
             id: i as u32,
             token: t.token,
             text: t.text,
+            bytes: t.bytes,
             logit: logits[i],
             prob: p.plain[i],
             prob_temperature: p.tempered[i],

@@ -16,6 +16,9 @@ pub struct ScoredToken {
     pub token: String,
     /// The readable text of the token (` Helsinki`).
     pub text: String,
+    /// The exact bytes (for the table: part of a character shows as `\xF0`).
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
     /// ln p(token | everything before it), natural log, computed in f64 over the whole row.
     pub logprob: f64,
     pub prob: f64,
@@ -28,6 +31,8 @@ pub struct ScoredToken {
     pub top_token: String,
     /// The readable text of the top choice.
     pub top_text: String,
+    #[serde(skip)]
+    pub top_bytes: Vec<u8>,
     pub top_prob: f64,
     /// Entropy of the whole next-token distribution there, in nats (-Σ p ln p).
     pub entropy: f64,
@@ -136,7 +141,7 @@ fn score_one(
     let start = if prompt_tokens.is_empty() { 1 } else { prompt_tokens.len() };
     ensure!(
         ids.len() > start,
-        "{text:?} is one token ({}): the first token has no prediction (nothing precedes it and no BOS token is added), so nothing is left to score; give a longer text or a --prompt to score it after",
+        "{text:?} is a single token ({}): the first token has no prediction (nothing precedes it and no BOS token is added), so nothing is left to score; give a longer text or a --prompt to score it after",
         own[0].token
     );
     let context = m.model.cfg.max_position_embeddings;
@@ -161,6 +166,7 @@ fn score_one(
             id: id as u32,
             token: all[position].token.clone(),
             text: all[position].text.clone(),
+            bytes: all[position].bytes.clone(),
             logprob,
             prob: logprob.exp(),
             surprisal_bits: -logprob / std::f64::consts::LN_2,
@@ -168,6 +174,7 @@ fn score_one(
             top_id: top as u32,
             top_token: top_token.token,
             top_text: top_token.text,
+            top_bytes: top_token.bytes,
             top_prob: d.logprob(row[top]).exp(),
             entropy: d.entropy,
         });

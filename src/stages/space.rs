@@ -94,15 +94,19 @@ pub struct Neighbour {
     pub token: String,
     /// The readable text of the token (` dogs`).
     pub text: String,
+    /// The exact bytes (for the table: part of a character shows as `\xF0`).
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
     pub cosine: f64,
 }
 
 #[derive(Debug, Serialize)]
 pub struct NeighboursReport {
-    /// The word's id; null for a word of several tokens averaged with --pool mean.
-    pub id: Option<u32>,
+    /// The word, what was looked up, its ids and tokens.
     #[serde(flatten)]
     pub lookup: WordLookup,
+    /// The word's id; null for a word of several tokens averaged with --pool mean.
+    pub id: Option<u32>,
     /// "input" or "output".
     pub space: &'static str,
     /// The matrix whose rows were compared.
@@ -177,6 +181,7 @@ fn top(m: &LoadedModel, cosines: &[f64], excluded: &[u32], k: usize) -> Result<V
                 id: i as u32,
                 token: t.token,
                 text: t.text,
+                bytes: t.bytes,
                 cosine: cosines[i],
             })
         })
@@ -185,10 +190,10 @@ fn top(m: &LoadedModel, cosines: &[f64], excluded: &[u32], k: usize) -> Result<V
 
 #[derive(Debug, Serialize)]
 pub struct AnalogyInput {
-    /// Its id; null for a pooled word (no row of its own).
-    pub id: Option<u32>,
     #[serde(flatten)]
     pub lookup: WordLookup,
+    /// Its id; null for a pooled word (no row of its own).
+    pub id: Option<u32>,
     /// +1 for A and C, -1 for B.
     pub sign: i32,
     /// Its own rank among all rows, inputs included (null for a pooled word).
