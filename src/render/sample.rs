@@ -4,7 +4,7 @@
 use super::score::short;
 use super::{emit, right, table, Format};
 use crate::stages::sample::{SampleReport, SampleStep};
-use crate::text::{number, visible};
+use crate::text::{number, visible_bytes};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -20,7 +20,8 @@ fn p4(v: Option<f64>) -> String {
 }
 
 fn step(s: &mut String, r: &SampleReport, st: &SampleStep) {
-    let _ = writeln!(s, "step {}: the next token after {}", st.step, visible(&context(r, st)));
+    let _ =
+        writeln!(s, "step {}: the next token after {}", st.step, visible_bytes(&context(r, st)));
     let mut t = table(&["stage", "setting", "kept", "mass kept", "mass cut"]);
     for x in &st.stages {
         t.add_row(vec![
@@ -63,7 +64,7 @@ fn step(s: &mut String, r: &SampleReport, st: &SampleStep) {
         st.u,
         st.interval[0],
         st.interval[1],
-        visible(&st.text),
+        visible_bytes(&st.bytes),
         st.id
     );
     if st.rank != 1 {
@@ -73,17 +74,17 @@ fn step(s: &mut String, r: &SampleReport, st: &SampleStep) {
             s,
             "the drawn token is rank {}, not the most likely {}: sampling gives every kept token its share of [0, 1), and u fell in this one's {:.4}",
             st.rank,
-            visible(&best.text),
+            visible_bytes(&best.bytes),
             drawn.and_then(|c| c.prob_final).unwrap_or(st.interval[1] - st.interval[0])
         );
     }
 }
 
-/// The text before a step: the prompt and the tokens drawn so far.
-fn context(r: &SampleReport, st: &SampleStep) -> String {
-    let mut text = r.prompt.clone();
+/// The bytes before a step: the prompt and the tokens drawn so far.
+fn context(r: &SampleReport, st: &SampleStep) -> Vec<u8> {
+    let mut text = r.prompt.as_bytes().to_vec();
     for earlier in &r.steps[..st.step - 1] {
-        text += &earlier.text;
+        text.extend_from_slice(&earlier.bytes);
     }
     text
 }

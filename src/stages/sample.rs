@@ -44,6 +44,9 @@ pub struct SampleStep {
     pub id: u32,
     pub token: String,
     pub text: String,
+    /// The exact bytes (for the table: part of a character shows as `\xF0`).
+    #[serde(skip)]
+    pub bytes: Vec<u8>,
     /// Its rank in the model's distribution (1 = most likely).
     pub rank: usize,
     /// The uniform number in [0, 1) drawn for this step.
@@ -232,6 +235,7 @@ fn describe_step(
         id: id as u32,
         token: t.token,
         text: t.text,
+        bytes: t.bytes,
         rank,
         u,
         interval,
