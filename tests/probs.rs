@@ -429,3 +429,117 @@ fn bad_input_gives_one_line_errors_and_exit_1() {
     assert_eq!(j["excluded"], serde_json::json!([]));
     assert_eq!(j["neighbours"].as_array().unwrap().len(), 10);
 }
+
+mod properties {
+    use super::tiny_dir;
+    use candle_core::DType;
+    use lmscope::model::{self, LoadedModel};
+    use lmscope::sampling::Settings;
+    use lmscope::source::ModelSpec;
+    use lmscope::stages::{embed::Pool, sample, score, space};
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn tiny() -> &'static LoadedModel {
+        static M: OnceLock<LoadedModel> = OnceLock::new();
+        M.get_or_init(|| {
+            let spec = ModelSpec::parse(tiny_dir().to_str().unwrap(), None).unwrap();
+            model::load(&spec.resolve().unwrap(), DType::F32).unwrap()
+        })
+    }
+
+    fn clean(err: anyhow::Error) -> Result<(), TestCaseError> {
+        let msg = format!("{err:#}");
+        prop_assert!(!msg.is_empty() && !msg.contains('\n'), "unclean error: {msg:?}");
+        Ok(())
+    }
+
+    fn finite(x: f64) -> Result<(), TestCaseError> {
+        prop_assert!(x.is_finite(), "not finite: {x}");
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_sampling_settings_give_finite_numbers_or_a_clean_error(
+            // 10^e for e in -330..310: subnormal, tiny, ordinary and huge temperatures, and 0.
+            exponent in -330.0f64..310.0,
+            sign in prop_oneof![Just(1.0), Just(-1.0), Just(0.0)],
+            top_k in proptest::option::of(0usize..600),
+            top_p in proptest::option::of(-0.5f64..1.5),
+            steps in 0usize..3,
+            seed in any::<u64>(),
+        ) {
+            let temperature = sign * 10f64.powf(exponent);
+            let req = sample::SampleRequest {
+                text: "hi",
+                settings: Settings { temperature, top_k, top_p },
+                seed,
+                steps,
+                rows: Some(5),
+                stop_at_eos: true,
+            };
+            match sample::run(tiny(), &req) {
+                Ok(r) => {
+                    for st in &r.steps {
+                        prop_assert!(st.interval[0] <= st.u && st.u < st.interval[1]);
+                        let sum: f64 = st.final_dist.iter().map(|t| t.prob).sum();
+                        finite(sum)?;
+                        prop_assert!(sum <= 1.0 + 1e-9);
+                        for s in &st.stages {
+                            finite(s.mass)?;
+                            finite(s.cut)?;
+                        }
+                        for c in &st.candidates {
+                            finite(c.prob_temperature)?;
+                            finite(c.cumulative)?;
+                            if let Some(p) = c.prob_final { finite(p)?; }
+                        }
+                    }
+                }
+                Err(e) => clean(e)?,
+            }
+        }
+
+        #[test]
+        fn any_text_scores_or_is_refused(text in "\\PC{0,12}", prompt in proptest::option::of("\\PC{0,6}")) {
+            let texts = vec![text];
+            let req = score::ScoreRequest { texts: &texts, prompt: prompt.as_deref() };
+            match score::run(tiny(), &req) {
+                Ok(score::ScoreReport::One(s)) => {
+                    finite(s.total_logprob)?;
+                    finite(s.perplexity)?;
+                    for t in &s.tokens {
+                        finite(t.logprob)?;
+                        finite(t.entropy)?;
+                    }
+                }
+                Ok(_) => prop_assert!(false, "one text gives one score"),
+                Err(e) => clean(e)?,
+            }
+        }
+
+        #[test]
+        fn any_words_find_neighbours_or_are_refused(
+            words in proptest::collection::vec("[a-z ]{0,6}", 0..5),
+            k in 0usize..600,
+            mean in any::<bool>(),
+        ) {
+            let pool = if mean { Pool::Mean } else { Pool::Single };
+            let req = space::SpaceRequest { words: &words, k, exact: false, pool, space: space::Space::Input };
+            match space::analogy(tiny(), &req) {
+                Ok(r) => {
+                    prop_assert_eq!(r.results.len(), k);
+                    for n in &r.results { finite(n.cosine)?; }
+                }
+                Err(e) => clean(e)?,
+            }
+            match space::neighbours(tiny(), &req) {
+                Ok(r) => for n in &r.neighbours { finite(n.cosine)?; },
+                Err(e) => clean(e)?,
+            }
+        }
+    }
+}
