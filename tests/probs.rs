@@ -433,7 +433,7 @@ fn bad_input_gives_one_line_errors_and_exit_1() {
 mod properties {
     use super::tiny_dir;
     use candle_core::DType;
-    use lmscope::model::{self, LoadedModel};
+    use lmscope::load::{self, LoadedModel};
     use lmscope::sampling::Settings;
     use lmscope::source::ModelSpec;
     use lmscope::stages::{embed::Pool, sample, score, space};
@@ -444,7 +444,7 @@ mod properties {
         static M: OnceLock<LoadedModel> = OnceLock::new();
         M.get_or_init(|| {
             let spec = ModelSpec::parse(tiny_dir().to_str().unwrap(), None).unwrap();
-            model::load(&spec.resolve().unwrap(), DType::F32).unwrap()
+            load::load(&spec.resolve().unwrap(), DType::F32).unwrap()
         })
     }
 

@@ -3,7 +3,8 @@
 //! every stage's distribution is kept. `--steps N` appends each drawn token and goes on, with the
 //! same pipeline, generator and KV cache as `generate --sample`, so a seed gives the same tokens.
 
-use crate::model::{KvCache, LoadedModel};
+use crate::load::LoadedModel;
+use crate::model::KvCache;
 use crate::sampling::{draw, Pipeline, Rng, Settings};
 use anyhow::{ensure, Result};
 use serde::Serialize;

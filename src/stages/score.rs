@@ -2,7 +2,7 @@
 //! over the whole text gives, at every position, the distribution of the next token; teacher
 //! forcing reads off the probability of the token that actually comes next.
 
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 use crate::tokenizer::Token;
 use anyhow::{ensure, Context, Result};
 use serde::Serialize;

@@ -4,7 +4,7 @@
 //! `most_similar(positive=[A, C], negative=[B])`) answers "A is to B as ? is to C".
 
 use super::embed::{lookup, Pool, WordLookup};
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
