@@ -7,11 +7,18 @@ use crate::stages::logits::LogitsReport;
 use crate::stages::model_info::ModelReport;
 use crate::stages::similarity::SimilarityReport;
 use crate::stages::tokenize::TokenizeReport;
-use crate::text::{count, visible, visible_bytes};
+use crate::text::{count, number, visible, visible_bytes};
 use anyhow::Result;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 use std::io::Write;
+
+mod sample;
+mod score;
+mod space;
+pub use sample::*;
+pub use score::*;
+pub use space::*;
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +133,7 @@ pub fn logits(out: &mut dyn Write, format: Format, r: &LogitsReport) -> Result<(
             visible(&r.position_token)
         );
         let mut header = vec!["rank", "id", "token", "text", "logit", "prob", "log-prob"];
-        let t_header = r.temperature.map(|t| format!("prob at T={t}"));
+        let t_header = r.temperature.map(|t| format!("prob at T={}", number(t)));
         if let Some(h) = &t_header {
             header.push(h);
         }
