@@ -1,12 +1,16 @@
 //! One command, run: from parsed arguments to a report written to a writer. The binary calls
 //! [`run`] once; a session that keeps the model loaded calls it for every line.
 
-use crate::cli::{Cli, Command, Dims, Dtype, GlobalArgs, PoolArg, WordArgs};
+use crate::cli::{
+    Cli, Command, Dims, Dtype, GlobalArgs, PoolArg, Rows, SpaceArg, SpaceArgs, WordArgs,
+};
 use crate::load;
 use crate::render::{self, Format};
 use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
-use crate::stages::{embed, generate, logits, model_info, similarity, tokenize};
+use crate::stages::{
+    embed, generate, logits, model_info, sample, score, similarity, space, tokenize,
+};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use std::io::Write;
@@ -88,7 +92,14 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         !(g.quantized && g.dtype != Dtype::F32),
         "--quantized computes in f32 from the GGUF blocks: drop --dtype"
     );
-    if matches!(cli.command, Command::Logits(_) | Command::Argmax(_) | Command::Generate(_)) {
+    if matches!(
+        cli.command,
+        Command::Logits(_)
+            | Command::Argmax(_)
+            | Command::Generate(_)
+            | Command::Score(_)
+            | Command::Sample(_)
+    ) {
         note_quantized(g);
     }
     match &cli.command {
@@ -166,6 +177,41 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 }
             }
         }
+        Command::Score(args) => {
+            let m = session.model(g)?;
+            let req = score::ScoreRequest { texts: &args.texts, prompt: args.prompt.as_deref() };
+            render::score(out, format, &score::run(m, &req)?)?;
+        }
+        Command::Sample(args) => {
+            let m = session.model(g)?;
+            let req = sample::SampleRequest {
+                text: &args.text,
+                settings: crate::sampling::Settings {
+                    temperature: args.temperature,
+                    top_k: args.top_k,
+                    top_p: args.top_p,
+                },
+                seed: args.seed.unwrap_or_else(clock_seed),
+                steps: args.steps,
+                rows: match args.rows {
+                    Rows::All => None,
+                    Rows::First(n) => Some(n),
+                },
+                stop_at_eos: !args.ignore_eos,
+            };
+            render::sample(out, format, &sample::run(m, &req)?)?;
+        }
+        Command::Neighbours(args) => {
+            let m = session.model(g)?;
+            let words = [args.word.clone()];
+            let r = space::neighbours(m, &space_request(&words, &args.space))?;
+            render::neighbours(out, format, &r)?;
+        }
+        Command::Analogy(args) => {
+            let m = session.model(g)?;
+            let r = space::analogy(m, &space_request(&args.words, &args.space))?;
+            render::analogy(out, format, &r)?;
+        }
     }
     Ok(())
 }
@@ -174,6 +220,19 @@ fn pool(args: &WordArgs) -> embed::Pool {
     match args.pool {
         PoolArg::Single => embed::Pool::Single,
         PoolArg::Mean => embed::Pool::Mean,
+    }
+}
+
+fn space_request<'a>(words: &'a [String], args: &SpaceArgs) -> space::SpaceRequest<'a> {
+    space::SpaceRequest {
+        words,
+        k: args.top_k,
+        exact: args.lookup.exact,
+        pool: pool(&args.lookup),
+        space: match args.space {
+            SpaceArg::Input => space::Space::Input,
+            SpaceArg::Output => space::Space::Output,
+        },
     }
 }
 

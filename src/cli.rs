@@ -77,6 +77,14 @@ pub enum Command {
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
     Generate(GenerateArgs),
+    /// How likely the model finds a text: every token's log-probability, rank and surprisal
+    Score(ScoreArgs),
+    /// One sampling step taken apart: temperature, top-k, top-p and the random draw
+    Sample(SampleArgs),
+    /// The nearest tokens to a word by cosine similarity over the whole embedding matrix
+    Neighbours(NeighboursArgs),
+    /// Word analogies: A - B + C on unit-length embeddings (king man woman -> queen?)
+    Analogy(AnalogyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -220,4 +228,107 @@ pub struct GenerateArgs {
     /// Keep going past end-of-sequence tokens
     #[arg(long)]
     pub ignore_eos: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The text to score; several texts are candidates compared after the same --prompt
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+
+    /// Score only what follows this prompt (its tokens are given, not scored)
+    #[arg(long, value_name = "P")]
+    pub prompt: Option<String>,
+}
+
+/// `--rows N` or `--rows all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    First(usize),
+    All,
+}
+
+fn parse_rows(s: &str) -> Result<Rows, String> {
+    if s == "all" {
+        return Ok(Rows::All);
+    }
+    s.parse::<usize>()
+        .map(Rows::First)
+        .map_err(|_| format!("expected a number or \"all\", got {s:?}"))
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// The prompt whose next token is sampled
+    pub text: String,
+
+    /// Divide the logits by T before the softmax (below 1 sharpens, above 1 flattens)
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_name = "T")]
+    pub temperature: f64,
+
+    /// Keep only the K most likely tokens (and any tied with the K-th)
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Keep the smallest set of most likely tokens whose probability reaches P
+    #[arg(long, allow_negative_numbers = true, value_name = "P")]
+    pub top_p: Option<f64>,
+
+    /// Random seed: the same seed draws the same tokens as generate --sample --seed (default:
+    /// chosen from the clock and shown)
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u64>,
+
+    /// How many tokens to draw, appending each and sampling again
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub steps: usize,
+
+    /// How many candidates each step lists: a number, or "all" (every kept token)
+    #[arg(long, default_value = "10", value_parser = parse_rows, value_name = "N|all")]
+    pub rows: Rows,
+
+    /// Keep going past end-of-sequence tokens
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+/// Which matrix's rows are the words' vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpaceArg {
+    /// The input embeddings (model.embed_tokens.weight)
+    Input,
+    /// The output embeddings (lm_head.weight; the same matrix when the model ties them)
+    Output,
+}
+
+#[derive(Debug, Args)]
+pub struct SpaceArgs {
+    /// How many nearest tokens to list
+    #[arg(long, short = 'k', default_value_t = 10, value_name = "K")]
+    pub top_k: usize,
+
+    /// Which embedding matrix to search
+    #[arg(long, value_enum, default_value_t = SpaceArg::Input)]
+    pub space: SpaceArg,
+
+    #[command(flatten)]
+    pub lookup: WordArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NeighboursArgs {
+    /// The word (looked up as " word", as embed and similarity do)
+    pub word: String,
+
+    #[command(flatten)]
+    pub space: SpaceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalogyArgs {
+    /// Three words A B C: the tokens nearest to A - B + C ("king man woman")
+    pub words: Vec<String>,
+
+    #[command(flatten)]
+    pub space: SpaceArgs,
 }

@@ -1,4 +1,4 @@
-//! Attention for f32 written out: per query head, blocks of [`QUERY_BLOCK`] queries in parallel,
+//! Attention for f32 written out: per query head, blocks of [`portable::QUERY_BLOCK`] queries in parallel,
 //! each query's scores against the keys of its KV head, softmax, and the weighted sum of the
 //! values, reading the keys and values where the KV cache holds them. The model's formula
 //! (`src/model/ops.rs`, with `repeat_kv`) is the reference it is tested against.

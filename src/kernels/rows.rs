@@ -19,7 +19,7 @@ fn row_chunk(rows: usize) -> usize {
 }
 
 /// A new f32 buffer of `rows` rows of `width` values, `row(i, out)` writing row i, rows in
-/// parallel (tasks of [`row_chunk`] rows).
+/// parallel (tasks of `row_chunk` rows).
 pub fn rows_f32(rows: usize, width: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
     let per_task = row_chunk(rows);
     team::chunks_f32(rows * width, (per_task * width).max(1), |c, out| {

@@ -4,5 +4,8 @@ pub mod embed;
 pub mod generate;
 pub mod logits;
 pub mod model_info;
+pub mod sample;
+pub mod score;
 pub mod similarity;
+pub mod space;
 pub mod tokenize;
