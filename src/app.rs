@@ -1,12 +1,12 @@
 //! One command, run: from parsed arguments to a report written to a writer. The binary calls
 //! [`run`] once; a session that keeps the model loaded calls it for every line.
 
-use crate::cli::{Cli, Command, Dims, Dtype, GlobalArgs, PoolArg, WordArgs};
+use crate::cli::{Cli, ColorArgs, ColorWhen, Command, Dims, Dtype, GlobalArgs, PoolArg, WordArgs};
 use crate::model;
 use crate::render::{self, Format};
 use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
-use crate::stages::{embed, generate, logits, model_info, similarity, tokenize};
+use crate::stages::{attention, embed, generate, kv_check, lens, logits, model_info, similarity, tokenize};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use std::io::Write;
@@ -87,7 +87,15 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         !(g.quantized && g.dtype != Dtype::F32),
         "--quantized computes in f32 from the GGUF blocks: drop --dtype"
     );
-    if matches!(cli.command, Command::Logits(_) | Command::Argmax(_) | Command::Generate(_)) {
+    if matches!(
+        cli.command,
+        Command::Logits(_)
+            | Command::Argmax(_)
+            | Command::Generate(_)
+            | Command::Lens(_)
+            | Command::Attention(_)
+            | Command::KvCheck(_)
+    ) {
         note_quantized(g);
     }
     match &cli.command {
@@ -165,8 +173,51 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 }
             }
         }
+        Command::Lens(args) => {
+            let m = session.model(g)?;
+            let req = lens::LensRequest {
+                text: &args.text,
+                position: args.position,
+                top_k: args.top_k,
+                track: args.track.as_deref(),
+                exact: args.exact,
+            };
+            render::lens(out, format, &lens::run(m, &req)?, shade(&args.color))?;
+        }
+        Command::Attention(args) => {
+            let m = session.model(g)?;
+            let req = attention::AttentionRequest {
+                text: &args.text,
+                layer: args.layer,
+                head: args.head,
+                summary: args.summary,
+                induction: args.induction,
+            };
+            render::attention(out, format, &attention::run(m, &req)?, shade(&args.color))?;
+        }
+        Command::KvCheck(args) => {
+            let m = session.model(g)?;
+            render::kv_check(out, format, &kv_check::run(m, &args.text, args.steps)?)?;
+        }
     }
     Ok(())
+}
+
+/// How shaded tables are drawn: colour on a terminal (--color auto) unless NO_COLOR is set.
+fn shade(args: &ColorArgs) -> render::shade::Shade {
+    use std::io::IsTerminal;
+    let forced = match args.color {
+        ColorWhen::Auto => None,
+        ColorWhen::Always => Some(true),
+        ColorWhen::Never => Some(false),
+    };
+    let color = render::shade::use_color(
+        forced,
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("TERM").as_deref(),
+    );
+    render::shade::Shade::new(color)
 }
 
 fn pool(args: &WordArgs) -> embed::Pool {

@@ -13,6 +13,14 @@ use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArra
 use serde::Serialize;
 use std::io::Write;
 
+mod attention;
+mod kv_check;
+mod lens;
+pub mod shade;
+pub use attention::attention;
+pub use kv_check::kv_check;
+pub use lens::lens;
+
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -6,3 +6,6 @@ pub mod logits;
 pub mod model_info;
 pub mod similarity;
 pub mod tokenize;
+pub mod attention;
+pub mod kv_check;
+pub mod lens;
