@@ -6,7 +6,9 @@ use crate::model;
 use crate::render::{self, Format};
 use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
-use crate::stages::{attention, embed, generate, kv_check, lens, logits, model_info, similarity, tokenize};
+use crate::stages::{
+    attention, embed, generate, kv_check, lens, logits, model_info, similarity, tokenize,
+};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use std::io::Write;

@@ -2,11 +2,10 @@
 //! of every head, and the induction ranking.
 
 use super::lens::WIDTH;
+use super::lens::{text_line, G_NOTE_80};
 use super::shade::{clip, pad, prob3, width, Shade};
 use super::{emit, right, table, uses_g, Format};
-use super::lens::G_NOTE_80;
 use crate::stages::attention::{AttentionReport, HeadAttention, Scores};
-use crate::text::visible;
 use anyhow::Result;
 use std::io::Write;
 
@@ -22,7 +21,7 @@ pub fn attention(
     emit(out, format, r, || {
         let t = r.tokens.len();
         let group = r.num_heads / r.num_kv_heads.max(1);
-        let mut s = format!("text: {} ({} tokens)\n", visible(&r.input), t);
+        let mut s = text_line(&r.input, t, "");
         s += &format!(
             "{} query heads per layer on {} KV heads: query head h reads the keys and values\nof KV head h / {group}\n",
             r.num_heads, r.num_kv_heads
@@ -73,7 +72,10 @@ pub fn attention(
             right(&mut tab, &[0, 1, 2, 3, 4]);
             s += &format!("{tab}\n");
             if ranked.len() > INDUCTION_ROWS {
-                s += &format!("the top {INDUCTION_ROWS} of {} heads (--json lists all)\n", ranked.len());
+                s += &format!(
+                    "the top {INDUCTION_ROWS} of {} heads (--json lists all)\n",
+                    ranked.len()
+                );
             }
         }
         if r.heads.is_some() && uses_g(r.tokens.iter()) {
@@ -96,7 +98,10 @@ fn heatmap(r: &AttentionReport, h: &HeadAttention, shade: Shade) -> String {
     let shown = if numeric { t } else { t.min(fit) };
     let mut s = format!("head {} (KV head {}): {}\n", h.head, h.kv_head, class_name(&h.scores));
     if shown < t {
-        s += &format!("(positions 0..{} of {t}: the rest does not fit in {WIDTH} columns; --json has all)\n", shown - 1);
+        s += &format!(
+            "(positions 0..{} of {t}: the rest does not fit in {WIDTH} columns; --json has all)\n",
+            shown - 1
+        );
     }
     let mut header = " ".repeat(label_w);
     for j in 0..shown {
@@ -139,7 +144,7 @@ fn f2(x: Option<f64>) -> String {
 fn scores_table(heads: &[HeadAttention], t: usize) -> String {
     let mut s = if t >= 3 {
         format!(
-            "scores, each the mean over queries 2..{} (docs/json.md): previous = attention to\nthe previous token, first = to the first token, self = to itself, entropy in nats\nand as a fraction of its largest possible value (0 = one key, 1 = evenly over all)\n",
+            "scores, each the mean over queries 2..{} (docs/json.md): previous = attention to\nthe previous token, first = to the first token, self = to itself; entropy in\nnats and as a fraction of its largest possible value (0 = one key, 1 = even)\n",
             t - 1
         )
     } else {
@@ -211,7 +216,11 @@ fn summary_grid(
             let mut line = pad(&format!("layer {l}"), label_w);
             for x in summary.iter().filter(|x| x.layer == l && (start..end).contains(&x.head)) {
                 let (letter, value) = summary_cell(&x.scores);
-                let text = if letter == "-" { " -  ".to_string() } else { format!("{letter}{}", prob3(value)) };
+                let text = if letter == "-" {
+                    " -  ".to_string()
+                } else {
+                    format!("{letter}{}", prob3(value))
+                };
                 line += &shade.cell(value, &text);
                 line.push(' ');
             }

@@ -1,10 +1,9 @@
 //! `lmscope kv-check`: one row per greedy step, cached against full, and the cache's size.
 
+use super::lens::{text_line, G_NOTE_80};
 use super::shade::clip;
-use super::lens::G_NOTE_80;
 use super::{emit, group, right, table, uses_g, Format};
 use crate::stages::kv_check::KvCheckReport;
-use crate::text::visible;
 use anyhow::Result;
 use std::io::Write;
 
@@ -22,20 +21,12 @@ pub fn kv_check(out: &mut dyn Write, format: Format, r: &KvCheckReport) -> Resul
         let mut s = String::from(
             "KV cache check: each greedy step's next token computed twice, with the cache\n(only the new position goes through the layers; the earlier keys and values are\nread from the cache) and by a full forward pass over the whole sequence, without\na cache\n",
         );
-        s += &format!(
-            "text: {} ({} tokens), {} steps\n",
-            visible(&r.input),
-            r.prompt_ids.len(),
-            r.steps.len()
-        );
+        let steps = format!(", {}", crate::text::count(r.steps.len(), "step"));
+        s += &text_line(&r.input, r.prompt_ids.len(), &steps);
         let mut t =
             table(&["step", "seq", "token", "full", "|diff|", "ms cached", "ms full", "cache B"]);
         for st in &r.steps {
-            let full = if st.agree {
-                "same".to_string()
-            } else {
-                format!("id {}", st.id_full)
-            };
+            let full = if st.agree { "same".to_string() } else { format!("id {}", st.id_full) };
             t.add_row(vec![
                 st.step.to_string(),
                 st.positions.to_string(),

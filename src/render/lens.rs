@@ -14,6 +14,13 @@ pub(crate) const WIDTH: usize = 80;
 /// The note on GPT-2's `Ġ`, in lines that fit in [`WIDTH`] columns.
 pub(crate) const G_NOTE_80: &str = "note: Ġ in a token stands for a space and Ċ for a newline (byte-level BPE maps\nbytes to printable characters)";
 
+/// `text: "The capital of Finland is" (5 tokens)`, the text cut to fit in [`WIDTH`] columns, and
+/// `extra` after the count.
+pub(crate) fn text_line(input: &str, tokens: usize, extra: &str) -> String {
+    let tail = format!(" ({}{extra})", crate::text::count(tokens, "token"));
+    format!("text: {}{tail}\n", clip(&visible(input), WIDTH - 6 - width(&tail)))
+}
+
 /// "embed", "layer 0", ...
 fn row_label(row: &LensRow) -> String {
     match row.layer {
@@ -27,11 +34,7 @@ pub fn lens(out: &mut dyn Write, format: Format, r: &LensReport, shade: Shade) -
         let mut s = String::from(
             "logit lens (raw, no trained translator): the model's final RMSNorm and lm_head\napplied to the residual stream after the embeddings and after each layer, as if\nthe model stopped there\n",
         );
-        s += &format!(
-            "text: {} ({} tokens)\n",
-            visible(&r.input),
-            r.tokens.len()
-        );
+        s += &text_line(&r.input, r.tokens.len(), "");
         if r.position.is_none() {
             s += "each cell: the top-1 next token after that position, shaded by its probability\n";
             s += &format!("{}\n\n", shade.legend());
@@ -44,7 +47,9 @@ pub fn lens(out: &mut dyn Write, format: Format, r: &LensReport, shade: Shade) -
         if let Some(t) = &r.track {
             s += &track_line(t);
         }
-        let all_tokens = r.rows.iter().flat_map(|row| row.positions.iter().flat_map(|c| c.top.iter().map(|g| g.token.as_str())));
+        let all_tokens = r.rows.iter().flat_map(|row| {
+            row.positions.iter().flat_map(|c| c.top.iter().map(|g| g.token.as_str()))
+        });
         if uses_g(all_tokens.chain(r.tokens.iter().map(String::as_str))) {
             s += G_NOTE_80;
         }
@@ -106,7 +111,8 @@ fn top_table(r: &LensReport) -> String {
     let mut header: Vec<String> = vec!["layer".into()];
     header.extend((1..=r.top_k).map(|k| k.to_string()));
     if let Some(t) = &r.track {
-        s += &format!("rank and prob: where {} (id {}) is in that layer's guesses\n", t.token, t.id);
+        s +=
+            &format!("rank and prob: where {} (id {}) is in that layer's guesses\n", t.token, t.id);
         header.extend(["rank".to_string(), "prob".to_string()]);
     }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -117,7 +123,10 @@ fn top_table(r: &LensReport) -> String {
             Some(l) => l.to_string(),
         }];
         cells.extend(
-            row.positions[p].top.iter().map(|g| format!("{} {}", clip(&g.token, 10), prob3(g.prob))),
+            row.positions[p]
+                .top
+                .iter()
+                .map(|g| format!("{} {}", clip(&g.token, 10), prob3(g.prob))),
         );
         if let Some(track) = &r.track {
             let tr = &track.rows[i];

@@ -29,9 +29,7 @@ pub fn use_color(
     match forced {
         Some(choice) => choice,
         None => {
-            is_terminal
-                && no_color.is_none_or(|v| v.is_empty())
-                && term.is_none_or(|t| t != "dumb")
+            is_terminal && no_color.is_none_or(|v| v.is_empty()) && term.is_none_or(|t| t != "dumb")
         }
     }
 }
@@ -86,8 +84,10 @@ impl Shade {
     /// One line saying what the shades mean.
     pub fn legend(&self) -> String {
         if self.color {
-            let samples: Vec<String> =
-                [0.0, 0.25, 0.5, 0.75, 1.0].iter().map(|&p| self.cell(p, &format!("{p:.2} "))).collect();
+            let samples: Vec<String> = [0.0, 0.25, 0.5, 0.75, 1.0]
+                .iter()
+                .map(|&p| self.cell(p, &format!("{p:.2} ")))
+                .collect();
             format!("shade: probability {}", samples.join(""))
         } else {
             "shade: \" \" below 0.2, ░ below 0.4, ▒ below 0.6, ▓ below 0.8, █ 0.8 and above"

@@ -132,7 +132,11 @@ pub fn run(m: &LoadedModel, req: &AttentionRequest) -> Result<AttentionReport> {
         );
     }
     if let Some(h) = req.head {
-        ensure!(h < heads, "--head {h} is out of range: a layer has {heads} heads (0..{})", heads - 1);
+        ensure!(
+            h < heads,
+            "--head {h} is out of range: a layer has {heads} heads (0..{})",
+            heads - 1
+        );
     }
     ensure!(
         req.layer.is_some() || req.summary || req.induction,
@@ -183,7 +187,12 @@ pub fn run(m: &LoadedModel, req: &AttentionRequest) -> Result<AttentionReport> {
             let mut all = Vec::with_capacity(layers * heads);
             for (l, layer) in probs.iter().enumerate() {
                 for (h, a) in layer.iter().enumerate() {
-                    all.push(HeadSummary { layer: l, head: h, kv_head: kv_of(h), scores: scores(a, t) });
+                    all.push(HeadSummary {
+                        layer: l,
+                        head: h,
+                        kv_head: kv_of(h),
+                        scores: scores(a, t),
+                    });
                 }
             }
             report.summary = Some(all);
@@ -259,7 +268,9 @@ pub fn scores(a: &[f32], t: usize) -> Scores {
         };
     }
     let at = |i: usize, j: usize| a[i * t + j] as f64;
-    let mean = |f: &dyn Fn(usize) -> f64| queries.iter().map(|&i| f(i)).sum::<f64>() / queries.len() as f64;
+    let mean = |f: &dyn Fn(usize) -> f64| {
+        queries.iter().map(|&i| f(i)).sum::<f64>() / queries.len() as f64
+    };
     let entropy_of = |i: usize| -> f64 {
         (0..=i).map(|j| at(i, j)).filter(|&p| p > 0.0).map(|p| -p * p.ln()).sum()
     };
@@ -331,7 +342,10 @@ fn repeated_random(m: &LoadedModel, n: usize, seed: u64) -> Result<Vec<u32>> {
     let mut tries = 0;
     while half.len() < n {
         tries += 1;
-        ensure!(tries < 100 * n + 1000, "cannot draw {n} different ordinary tokens from the vocabulary");
+        ensure!(
+            tries < 100 * n + 1000,
+            "cannot draw {n} different ordinary tokens from the vocabulary"
+        );
         let id = (rng.next_u64() % vocab) as u32;
         if half.contains(&id) || m.tokenizer.describe(id)?.special {
             continue;
@@ -366,7 +380,7 @@ mod tests {
         assert!((s.previous.unwrap() - 0.9).abs() < 1e-9); // (1.0 + 0.8) / 2
         assert!((s.first.unwrap() - 0.05).abs() < 1e-9); // (0 + 0.1) / 2
         assert!((s.self_.unwrap() - 0.05).abs() < 1e-9); // (0 + 0.1) / 2
-        // Row 2 has entropy 0; row 3: -(0.1 ln 0.1 + 0.8 ln 0.8 + 0.1 ln 0.1).
+                                                         // Row 2 has entropy 0; row 3: -(0.1 ln 0.1 + 0.8 ln 0.8 + 0.1 ln 0.1).
         let h3 = -(0.1f64 * 0.1f64.ln() * 2.0 + 0.8 * 0.8f64.ln());
         assert!((s.entropy.unwrap() - h3 / 2.0).abs() < 1e-6);
         assert!((s.entropy_normalized.unwrap() - h3 / 4f64.ln() / 2.0).abs() < 1e-6);

@@ -126,7 +126,12 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
     let mut cap = Capture { hidden_states: true, ..Capture::default() };
     m.model.forward(&input, None, Some(&mut cap)).context("the forward pass failed")?;
     let layers = m.model.cfg.num_hidden_layers;
-    ensure!(cap.hidden.len() == layers + 1, "the forward pass recorded {} hidden states, expected {}", cap.hidden.len(), layers + 1);
+    ensure!(
+        cap.hidden.len() == layers + 1,
+        "the forward pass recorded {} hidden states, expected {}",
+        cap.hidden.len(),
+        layers + 1
+    );
 
     // The positions shown, and the one the track follows.
     let shown: Vec<usize> = match position {
@@ -183,7 +188,8 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
             max_abs_diff = max_abs_diff.max((x - y).abs());
         }
     }
-    let top1_equal = shown.iter().all(|&p| top_ids(&last_logits[p], 1) == top_ids(&model_logits[p], 1));
+    let top1_equal =
+        shown.iter().all(|&p| top_ids(&last_logits[p], 1) == top_ids(&model_logits[p], 1));
 
     let track = match tracked {
         Some(w) => Some(Track {
