@@ -233,7 +233,9 @@ pub struct GenerateArgs {
 pub enum ColorWhen {
     /// Only on a terminal, and not when NO_COLOR is set
     Auto,
+    /// Also into a pipe or a file (and despite NO_COLOR)
     Always,
+    /// Shade characters only
     Never,
 }
 

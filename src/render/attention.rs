@@ -217,7 +217,7 @@ fn summary_grid(
             for x in summary.iter().filter(|x| x.layer == l && (start..end).contains(&x.head)) {
                 let (letter, value) = summary_cell(&x.scores);
                 let text = if letter == "-" {
-                    " -  ".to_string()
+                    "-   ".to_string()
                 } else {
                     format!("{letter}{}", prob3(value))
                 };

@@ -41,7 +41,9 @@ pub fn kv_check(out: &mut dyn Write, format: Format, r: &KvCheckReport) -> Resul
         right(&mut t, &[0, 1, 4, 5, 6, 7]);
         s += &format!("{t}\n");
         s += "seq: tokens before the prediction; step 1 with the cache is the prompt's prefill\n";
-        s += &if r.identical {
+        s += &if r.identical && r.max_abs_diff == 0.0 {
+            "the cached and the full pass choose the same token at every step, from logits\nidentical to the last bit\n".to_string()
+        } else if r.identical {
             format!(
                 "the cached and the full pass choose the same token at every step; their logits\ndiffer by at most {} (float rounding: the kernels add in another order for\none position than for many)\n",
                 diff(r.max_abs_diff)
