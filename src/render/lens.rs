@@ -96,7 +96,7 @@ fn check_line(r: &LensReport) -> String {
     let positions = if r.position.is_some() { "at this position" } else { "at every position" };
     format!(
         "the last row is the model's own prediction; against its logits (an ordinary\nforward pass): {same} {positions}, max |difference| {}\n",
-        c.max_abs_diff
+        if c.max_abs_diff == 0.0 { "0".to_string() } else { format!("{:.1e}", c.max_abs_diff) }
     )
 }
 

@@ -142,13 +142,19 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
     let mut rows = Vec::with_capacity(layers + 1);
     let mut track_rows = Vec::new();
     let mut last_logits = Vec::new();
+    // The norm and lm_head run on every position, as in an ordinary forward pass (a product over
+    // fewer rows may add in another order); only the shown ones are kept (all, or the one of
+    // --position, which is also the tracked one): logits[k] is position shown[k].
+    let (from, count) = (shown[0], shown.len());
+    let track_at_row = track_at - from;
     for (i, hidden) in cap.hidden.iter().enumerate() {
         let layer = i.checked_sub(1);
         let logits = m.model.final_logits(hidden)?.squeeze(0)?; // (n, v)
+        let logits = logits.narrow(0, from, count)?; // (shown, v)
         let logits: Vec<Vec<f32>> = logits.to_vec2()?;
         let mut cells = Vec::with_capacity(shown.len());
-        for &p in &shown {
-            let row = &logits[p];
+        for (k, &p) in shown.iter().enumerate() {
+            let row = &logits[k];
             let stats = RowStats::of(row);
             let top = top_ids(row, req.top_k)
                 .into_iter()
@@ -164,7 +170,7 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
             cells.push(LensCell { position: p, top });
         }
         if let Some(w) = &tracked {
-            let row = &logits[track_at];
+            let row = &logits[track_at_row];
             let id = w.ids[0] as usize;
             ensure!(id < row.len(), "token id {id} is outside the model's vocabulary");
             track_rows.push(TrackRow {
@@ -181,7 +187,8 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
     }
 
     // The last row against an ordinary forward pass.
-    let model_logits: Vec<Vec<f32>> = m.model.logits(&ids)?.squeeze(0)?.to_vec2()?;
+    let model_logits = m.model.logits(&ids)?.squeeze(0)?.narrow(0, from, count)?;
+    let model_logits: Vec<Vec<f32>> = model_logits.to_vec2()?; // (shown, v)
     let mut max_abs_diff = 0f32;
     for (a, b) in last_logits.iter().zip(&model_logits) {
         for (x, y) in a.iter().zip(b) {
@@ -189,7 +196,7 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
         }
     }
     let top1_equal =
-        shown.iter().all(|&p| top_ids(&last_logits[p], 1) == top_ids(&model_logits[p], 1));
+        last_logits.iter().zip(&model_logits).all(|(a, b)| top_ids(a, 1) == top_ids(b, 1));
 
     let track = match tracked {
         Some(w) => Some(Track {
