@@ -18,7 +18,8 @@
 //! each figure, as a test that the harness's lmscope side works.
 
 use anyhow::{bail, Context, Result};
-use lmscope::model::{self, KvCache, LoadedModel, MatrixForm};
+use lmscope::load::{self, LoadedModel, MatrixForm};
+use lmscope::model::KvCache;
 use lmscope::source::ModelSpec;
 use serde_json::json;
 use std::time::Instant;
@@ -120,12 +121,13 @@ fn main() -> Result<()> {
     let args = parse()?;
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
     let resolved = ModelSpec::parse(&args.model, None)?.resolve()?;
-    let mut result = json!({ "threads": args.threads, "matrix_kernels": model::matrix_kernels() });
+    let mut result =
+        json!({ "threads": args.threads, "matrix_kernels": lmscope::kernels::backend().name() });
     for (name, form) in [
         ("exact", MatrixForm::Exact(candle_core::DType::F32)),
         ("quantized", MatrixForm::Quantized),
     ] {
-        let m = model::load_as(&resolved, form)?;
+        let m = load::load_as(&resolved, form)?;
         let short = m.tokenizer.encode_ids(&args.prompt)?;
         let long = m.tokenizer.encode_ids(&args.long_text)?;
         let forward = |ids: &[u32]| -> Result<()> {

@@ -2,7 +2,7 @@
 //! [`run`] once; a session that keeps the model loaded calls it for every line.
 
 use crate::cli::{Cli, ColorArgs, ColorWhen, Command, Dims, Dtype, GlobalArgs, PoolArg, WordArgs};
-use crate::model;
+use crate::load;
 use crate::render::{self, Format};
 use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
@@ -19,7 +19,7 @@ use std::io::Write;
 /// takes about 130, and the operating system reclaims it all anyway.
 #[derive(Default)]
 pub struct Session {
-    loaded: Option<(ModelKey, &'static model::LoadedModel)>,
+    loaded: Option<(ModelKey, &'static load::LoadedModel)>,
     tokenizer: Option<(ModelKey, &'static Tokenizer)>,
 }
 
@@ -49,7 +49,7 @@ impl Session {
     }
 
     /// The model the global options name, loaded once per session.
-    pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
+    pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static load::LoadedModel> {
         let key = ModelKey::of(g);
         if let Some((k, m)) = &self.loaded {
             if *k == key {
@@ -83,6 +83,7 @@ impl Session {
 
 /// Runs one command and writes its report to `out`.
 pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> {
+    crate::kernels::from_env().map_err(anyhow::Error::msg)?;
     let g = &cli.global;
     let format = if g.json { Format::Json } else { Format::Human };
     anyhow::ensure!(
@@ -249,7 +250,7 @@ fn load_tokenizer(g: &GlobalArgs) -> Result<Tokenizer> {
 }
 
 /// Loads the model for the rest of the process (see [`Session`]).
-fn load_model(g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
+fn load_model(g: &GlobalArgs) -> Result<&'static load::LoadedModel> {
     let dtype = match g.dtype {
         Dtype::F32 => candle_core::DType::F32,
         Dtype::Bf16 => candle_core::DType::BF16,
@@ -258,9 +259,9 @@ fn load_model(g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
     let resolved = resolve(g)?;
     let _t = crate::timings::span("load");
     let m = if g.quantized {
-        model::load_as(&resolved, model::MatrixForm::Quantized)?
+        load::load_as(&resolved, load::MatrixForm::Quantized)?
     } else {
-        model::load(&resolved, dtype)?
+        load::load(&resolved, dtype)?
     };
     Ok(Box::leak(Box::new(m)))
 }

@@ -11,7 +11,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let show_timings = cli.global.timings;
     if let Some(n) = cli.global.threads {
-        // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels run on model::team,
+        // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels run on kernels::team,
         // which takes its size from rayon's global pool.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n as usize).build_global();
@@ -41,7 +41,7 @@ fn print_timings(total: std::time::Duration) {
     for (name, d) in lmscope::timings::totals() {
         line += &format!(" {name} {:.1} ms,", ms(d));
     }
-    eprintln!("{line} total {:.1} ms", ms(total));
+    eprintln!("{line} total {:.1} ms (kernels: {})", ms(total), lmscope::kernels::backend());
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

@@ -66,7 +66,7 @@ fn have_jq() -> bool {
 #[test]
 fn documented_examples_print_what_the_pages_show() {
     real_model(); // fails, never skips, when scripts/fetch-model.sh has not run
-    let same_kernels = lmscope::model::matrix_kernels() == "AMX";
+    let same_kernels = lmscope::kernels::backend() == lmscope::kernels::Backend::Amx;
     let bin = Path::new(env!("CARGO_BIN_EXE_lmscope")).parent().expect("a directory");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut ran = 0;
@@ -112,7 +112,7 @@ fn documented_examples_print_what_the_pages_show() {
     if !same_kernels {
         // The pages were made with the AMX and AVX-512 kernels; other kernels sum in another
         // order and can move the last printed digit, so only the running is checked here.
-        let kernels = lmscope::model::matrix_kernels();
+        let kernels = lmscope::kernels::backend();
         eprintln!("{kernels} kernels: {} examples differ in digits, not compared", failures.len());
         return;
     }

@@ -303,6 +303,7 @@ pub fn model(out: &mut dyn Write, format: Format, r: &ModelReport) -> Result<()>
             ("stored dtype", c.stored_dtype.clone().unwrap_or_else(|| "unknown".into())),
             ("compute dtype", r.dtype.clone()),
             ("matrices", r.matrices.clone()),
+            ("kernels", format!("{} (LMSCOPE_KERNELS)", r.kernels)),
         ];
         for (k, v) in rows {
             t.add_row(vec![k.to_string(), v]);

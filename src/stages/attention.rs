@@ -8,7 +8,8 @@
 //! token are three different keys: query 0 can only attend to itself and query 1's previous token
 //! is the first token, so counting them would make every head look like a sink.
 
-use crate::model::{Capture, LoadedModel};
+use crate::load::LoadedModel;
+use crate::model::Capture;
 use crate::sampling::Rng;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Tensor};

@@ -1,7 +1,8 @@
 //! `lmscope generate` and `lmscope argmax`: append the chosen token and run the model again,
 //! with the KV cache so each new token costs one position of work.
 
-use crate::model::{KvCache, LoadedModel};
+use crate::load::LoadedModel;
+use crate::model::KvCache;
 use crate::sampling::{argmax, filtered_distribution, probabilities, Rng, Strategy};
 use anyhow::{ensure, Result};
 use serde::Serialize;

@@ -4,7 +4,8 @@
 //! sequence, as if there were no cache. Both must give the same token; their logits differ only
 //! by float rounding (the kernels add in a different order for one row than for many).
 
-use crate::model::{KvCache, LoadedModel};
+use crate::load::LoadedModel;
+use crate::model::KvCache;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 use std::time::Instant;

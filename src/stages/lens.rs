@@ -6,7 +6,8 @@
 
 use super::embed::{lookup, Pool};
 use super::logits::resolve_position;
-use crate::model::{Capture, LoadedModel};
+use crate::load::LoadedModel;
+use crate::model::Capture;
 use anyhow::{ensure, Context, Result};
 use candle_core::Tensor;
 use serde::Serialize;
