@@ -2,14 +2,16 @@
 //! [`run`] once; a session that keeps the model loaded calls it for every line.
 
 use crate::cli::{
-    Cli, Command, Dims, Dtype, GlobalArgs, PoolArg, Rows, SpaceArg, SpaceArgs, WordArgs,
+    Cli, ColorArgs, ColorWhen, Command, Dims, Dtype, GlobalArgs, PoolArg, Rows, SpaceArg,
+    SpaceArgs, WordArgs,
 };
 use crate::load;
 use crate::render::{self, Format};
 use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
 use crate::stages::{
-    embed, generate, logits, model_info, sample, score, similarity, space, tokenize,
+    attention, embed, generate, kv_check, lens, logits, model_info, sample, score, similarity,
+    space, tokenize,
 };
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
@@ -99,6 +101,9 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             | Command::Generate(_)
             | Command::Score(_)
             | Command::Sample(_)
+            | Command::Lens(_)
+            | Command::Attention(_)
+            | Command::KvCheck(_)
     ) {
         note_quantized(g);
     }
@@ -212,8 +217,51 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             let r = space::analogy(m, &space_request(&args.words, &args.space))?;
             render::analogy(out, format, &r)?;
         }
+        Command::Lens(args) => {
+            let m = session.model(g)?;
+            let req = lens::LensRequest {
+                text: &args.text,
+                position: args.position,
+                top_k: args.top_k,
+                track: args.track.as_deref(),
+                exact: args.exact,
+            };
+            render::lens(out, format, &lens::run(m, &req)?, shade(&args.color))?;
+        }
+        Command::Attention(args) => {
+            let m = session.model(g)?;
+            let req = attention::AttentionRequest {
+                text: &args.text,
+                layer: args.layer,
+                head: args.head,
+                summary: args.summary,
+                induction: args.induction,
+            };
+            render::attention(out, format, &attention::run(m, &req)?, shade(&args.color))?;
+        }
+        Command::KvCheck(args) => {
+            let m = session.model(g)?;
+            render::kv_check(out, format, &kv_check::run(m, &args.text, args.steps)?)?;
+        }
     }
     Ok(())
+}
+
+/// How shaded tables are drawn: colour on a terminal (--color auto) unless NO_COLOR is set.
+fn shade(args: &ColorArgs) -> render::shade::Shade {
+    use std::io::IsTerminal;
+    let forced = match args.color {
+        ColorWhen::Auto => None,
+        ColorWhen::Always => Some(true),
+        ColorWhen::Never => Some(false),
+    };
+    let color = render::shade::use_color(
+        forced,
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("TERM").as_deref(),
+    );
+    render::shade::Shade::new(color)
 }
 
 fn pool(args: &WordArgs) -> embed::Pool {

@@ -85,6 +85,12 @@ pub enum Command {
     Neighbours(NeighboursArgs),
     /// Word analogies: A - B + C on unit-length embeddings (king man woman -> queen?)
     Analogy(AnalogyArgs),
+    /// The logit lens: what the residual stream after each layer would predict next
+    Lens(LensArgs),
+    /// Attention probabilities of each head of a layer, head classes, induction heads
+    Attention(AttentionArgs),
+    /// The KV cache checked: cached next-token logits against a full forward pass, step by step
+    KvCheck(KvCheckArgs),
 }
 
 #[derive(Debug, Args)]
@@ -331,4 +337,86 @@ pub struct AnalogyArgs {
 
     #[command(flatten)]
     pub space: SpaceArgs,
+}
+
+/// When to colour the shaded tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    /// Only on a terminal, and not when NO_COLOR is set
+    Auto,
+    /// Also into a pipe or a file (and despite NO_COLOR)
+    Always,
+    /// Shade characters only
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct ColorArgs {
+    /// Shade probabilities with a background colour (auto: on a terminal without NO_COLOR);
+    /// without colour, shade characters " ░▒▓█" carry the same information
+    #[arg(long, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+}
+
+#[derive(Debug, Args)]
+pub struct LensArgs {
+    /// The prompt to run the model on
+    pub text: String,
+
+    /// Only this position (0-based; negative counts from the end). Default: every position in
+    /// the grid, the last one in the per-layer table
+    #[arg(long, allow_negative_numbers = true, value_name = "POS")]
+    pub position: Option<i64>,
+
+    /// How many guesses per layer the per-layer table (and the JSON) lists
+    #[arg(long, short = 'k', default_value_t = 3, value_name = "K")]
+    pub top_k: usize,
+
+    /// Follow one token's rank and probability through the layers (looked up as " WORD")
+    #[arg(long, value_name = "WORD")]
+    pub track: Option<String>,
+
+    /// Look the --track word up exactly as given, without a leading space
+    #[arg(long, requires = "track")]
+    pub exact: bool,
+
+    #[command(flatten)]
+    pub color: ColorArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["layer", "summary", "induction"])))]
+pub struct AttentionArgs {
+    /// The prompt to run the model on
+    pub text: String,
+
+    /// The layer whose heads to show (0-based, as print(model) numbers them)
+    #[arg(long, value_name = "L")]
+    pub layer: Option<usize>,
+
+    /// Only this head of the layer (0-based)
+    #[arg(long, requires = "layer", value_name = "H")]
+    pub head: Option<usize>,
+
+    /// Every head of every layer, one cell each, with its dominant pattern
+    #[arg(long, conflicts_with = "layer")]
+    pub summary: bool,
+
+    /// Rank every head by its induction score (on the text if it repeats a token, else on a
+    /// repeated random token sequence)
+    #[arg(long)]
+    pub induction: bool,
+
+    #[command(flatten)]
+    pub color: ColorArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KvCheckArgs {
+    /// The prompt
+    pub text: String,
+
+    /// How many greedy steps to check
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub steps: usize,
 }

@@ -46,6 +46,8 @@ fn skip_reason(e: &Example) -> Option<&'static str> {
         Some("the page elides part of the output")
     } else if e.command.contains("--timings") {
         Some("timings differ from run to run")
+    } else if e.command.starts_with("lmscope kv-check") {
+        Some("kv-check's table times each step, and times differ from run to run")
     } else if e.command.contains("env -u LMSCOPE_MODEL") {
         Some("reaches for the Hugging Face Hub")
     } else if e.command == "lmscope embed dog --dims 100" {

@@ -19,6 +19,13 @@ mod space;
 pub use sample::*;
 pub use score::*;
 pub use space::*;
+mod attention;
+mod kv_check;
+mod lens;
+pub mod shade;
+pub use attention::attention;
+pub use kv_check::kv_check;
+pub use lens::lens;
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
