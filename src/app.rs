@@ -31,13 +31,13 @@ struct ModelKey {
 }
 
 impl ModelKey {
-    fn of(g: &GlobalArgs) -> Self {
-        ModelKey {
-            model: g.model.clone(),
+    fn of(g: &GlobalArgs) -> Result<Self> {
+        Ok(ModelKey {
+            model: g.model_name()?,
             revision: g.revision.clone(),
             dtype: g.dtype,
             quantized: g.quantized,
-        }
+        })
     }
 }
 
@@ -48,7 +48,7 @@ impl Session {
 
     /// The model the global options name, loaded once per session.
     pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
-        let key = ModelKey::of(g);
+        let key = ModelKey::of(g)?;
         if let Some((k, m)) = &self.loaded {
             if *k == key {
                 return Ok(m);
@@ -62,7 +62,7 @@ impl Session {
     /// The tokenizer alone, without reading the weights (the loaded model's, if it is the one
     /// the options name).
     pub fn tokenizer(&mut self, g: &GlobalArgs) -> Result<&'static Tokenizer> {
-        let key = ModelKey::of(g);
+        let key = ModelKey::of(g)?;
         if let Some((k, m)) = &self.loaded {
             if *k == key {
                 return Ok(&m.tokenizer);
@@ -101,6 +101,12 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::tokenize(out, format, &r)?;
         }
         Command::Logits(args) => {
+            anyhow::ensure!(
+                g.json || !args.full,
+                "--full puts the whole logit row into the JSON output: add --json (the table shows \
+                 each row's first and last three values; `lmscope logits --json --full TEXT | jq \
+                 .logits` prints the row)"
+            );
             let m = session.model(g)?;
             let req = logits::LogitsRequest {
                 text: &args.text,
@@ -154,6 +160,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 max_new_tokens: args.max_new_tokens,
                 strategy,
                 stop_at_eos: !args.ignore_eos,
+                limit_flag: "--max-new-tokens",
             };
             match format {
                 Format::Json => render::generate(out, &generate::run(m, &req, &mut |_| Ok(()))?)?,
@@ -184,15 +191,23 @@ fn clock_seed() -> u64 {
         .unwrap_or(0)
 }
 
-fn resolve(g: &GlobalArgs) -> Result<source::Resolved> {
-    let _t = crate::timings::span("resolve");
-    ModelSpec::parse(&g.model, g.revision.as_deref())?.resolve()
+fn spec(g: &GlobalArgs) -> Result<ModelSpec> {
+    ModelSpec::parse(&g.model_name()?, g.revision.as_deref())
 }
 
+fn resolve(g: &GlobalArgs) -> Result<source::Resolved> {
+    let _t = crate::timings::span("resolve");
+    spec(g)?.resolve()
+}
+
+/// The tokenizer alone: no weight file is looked for, read or downloaded.
 fn load_tokenizer(g: &GlobalArgs) -> Result<Tokenizer> {
-    let resolved = resolve(g)?;
+    let files = {
+        let _t = crate::timings::span("resolve");
+        spec(g)?.resolve_tokenizer()?
+    };
     let _t = crate::timings::span("load");
-    Tokenizer::load(&resolved.files)
+    Tokenizer::load_alone(&files)
 }
 
 /// Loads the model for the rest of the process (see [`Session`]).

@@ -17,15 +17,11 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Model: a Hugging Face repo id, a directory (config.json, tokenizer.json, safetensors) or a
-    /// .gguf file
-    #[arg(
-        long,
-        global = true,
-        env = "LMSCOPE_MODEL",
-        default_value = crate::source::DEFAULT_MODEL,
-        value_name = "MODEL"
-    )]
-    pub model: String,
+    /// .gguf file [env: LMSCOPE_MODEL] [default: HuggingFaceTB/SmolLM-135M]
+    // Not clap's `env`: a value from the environment would show in usage lines as if
+    // `--model <MODEL>` had been typed, and an empty one would be blamed on --model.
+    #[arg(long, global = true, value_name = "MODEL")]
+    pub model: Option<String>,
 
     /// Hub revision (branch, tag or commit) when --model is a repo id
     #[arg(long, global = true, value_name = "REV")]
@@ -52,6 +48,35 @@ pub struct GlobalArgs {
     /// Print how long each stage took (resolve, load, tokenize, forward, report) on stderr
     #[arg(long, global = true)]
     pub timings: bool,
+}
+
+/// The environment variable that names the model when --model is not given.
+pub const MODEL_ENV: &str = "LMSCOPE_MODEL";
+
+impl GlobalArgs {
+    /// The model to use: --model, else $LMSCOPE_MODEL, else the notebook's model. An empty
+    /// value is an error that names where it came from.
+    pub fn model_name(&self) -> anyhow::Result<String> {
+        if let Some(m) = &self.model {
+            anyhow::ensure!(
+                !m.trim().is_empty(),
+                "--model is empty: give a .gguf file, a model directory or a Hub repo id"
+            );
+            return Ok(m.clone());
+        }
+        match std::env::var(MODEL_ENV) {
+            Ok(m) if m.trim().is_empty() => anyhow::bail!(
+                "{MODEL_ENV} is set but empty: set it to a .gguf file, a model directory or a Hub \
+                 repo id, or unset it (`unset {MODEL_ENV}`) to use {}",
+                crate::source::DEFAULT_MODEL
+            ),
+            Ok(m) => Ok(m),
+            Err(std::env::VarError::NotPresent) => Ok(crate::source::DEFAULT_MODEL.to_string()),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("{MODEL_ENV} is not valid UTF-8")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -103,7 +128,7 @@ pub struct LogitsArgs {
     #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "POS")]
     pub position: i64,
 
-    /// Include the whole logit row of that position (vocab floats) in the JSON output
+    /// With --json: include the whole logit row of that position (vocab floats)
     #[arg(long)]
     pub full: bool,
 
