@@ -8,7 +8,7 @@ use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
 use crate::stages::{embed, generate, logits, model_info, similarity, tokenize};
 use crate::tokenizer::Tokenizer;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::io::Write;
 
 /// What stays loaded between commands: the model of the last command that needed one, keyed by
@@ -172,7 +172,38 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 }
             }
         }
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "lmscope", out);
+            out.flush()?;
+        }
+        Command::Man(args) => man_page(out, args.command.as_deref())?,
     }
+    Ok(())
+}
+
+/// `lmscope man [COMMAND]`: the manual page in roff, from the same definitions as --help.
+fn man_page(out: &mut dyn Write, command: Option<&str>) -> Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let page = match command {
+        None => cmd,
+        Some(name) => {
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .filter(|n| n != "help")
+                .collect();
+            let sub = cmd.find_subcommand(name).cloned().with_context(|| {
+                format!("lmscope has no command {name:?} (commands: {})", names.join(", "))
+            })?;
+            // As `man lmscope-generate` names it, and the way clap_mangen's own generator does.
+            let full = format!("lmscope-{}", sub.get_name());
+            sub.name(full.clone()).bin_name(full.replace('-', " "))
+        }
+    };
+    clap_mangen::Man::new(page).render(out).context("cannot write the manual page")?;
+    out.flush()?;
     Ok(())
 }
 

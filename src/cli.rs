@@ -13,6 +13,9 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The heading the options every command takes are listed under in each command's --help.
+pub const GLOBAL: &str = "Global options (before or after the command)";
+
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
@@ -20,33 +23,33 @@ pub struct GlobalArgs {
     /// .gguf file [env: LMSCOPE_MODEL] [default: HuggingFaceTB/SmolLM-135M]
     // Not clap's `env`: a value from the environment would show in usage lines as if
     // `--model <MODEL>` had been typed, and an empty one would be blamed on --model.
-    #[arg(long, global = true, value_name = "MODEL")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "MODEL")]
     pub model: Option<String>,
 
     /// Hub revision (branch, tag or commit) when --model is a repo id
-    #[arg(long, global = true, value_name = "REV")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "REV")]
     pub revision: Option<String>,
 
     /// Compute dtype of the forward pass (weights are converted to it on load)
-    #[arg(long, global = true, value_enum, default_value_t = Dtype::F32)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
 
     /// Print one JSON document instead of tables (schemas in docs/json.md)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 
     /// GGUF only: ggml's quantized matmul (as llama.cpp and candle compute it) on the GGUF
     /// blocks, which also rounds the activations to 8 bits (the numbers differ from the exact
     /// path; see docs/performance.md)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub quantized: bool,
 
     /// Worker threads for the matrix products (default: RAYON_NUM_THREADS, else all cores)
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 
     /// Print how long each stage took (resolve, load, tokenize, forward, report) on stderr
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub timings: bool,
 }
 
@@ -89,19 +92,41 @@ pub enum Dtype {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Split text into tokens: ids, vocabulary strings, byte offsets, and the decoded round trip
+    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282"]))]
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
+    #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5"]))]
     Logits(LogitsArgs),
     /// The greedy next token (argmax of the last logits), optionally for several steps
+    #[command(after_help = example(&["argmax \"The capital of Finland is\" --steps 5"]))]
     Argmax(ArgmaxArgs),
     /// Show the embedding matrix and the embedding vectors of words
+    #[command(after_help = example(&["embed dog cat hat"]))]
     Embed(EmbedArgs),
     /// Cosine similarity of words' input embeddings
+    #[command(after_help = example(&["similarity dog cat hat"]))]
     Similarity(SimilarityArgs),
     /// The architecture like print(model), the config and parameter counts
+    #[command(after_help = example(&["model"]))]
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
+    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40"]))]
     Generate(GenerateArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout
+    #[command(after_help = example(&["completions bash > ~/.local/share/bash-completion/completions/lmscope"]))]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) of lmscope or of one of its commands on stdout
+    #[command(after_help = example(&["man | man -l -", "man generate > lmscope-generate.1"]))]
+    Man(ManArgs),
+}
+
+/// The "Examples:" block of a command's --help.
+fn example(commands: &[&str]) -> String {
+    let mut s = String::from(if commands.len() == 1 { "Example:" } else { "Examples:" });
+    for c in commands {
+        s += &format!("\n  $ lmscope {c}");
+    }
+    s
 }
 
 #[derive(Debug, Args)]
@@ -120,7 +145,8 @@ pub struct LogitsArgs {
     /// The prompt to run the model on
     pub text: String,
 
-    /// How many of the most likely next tokens to list
+    /// How many of the most likely next tokens to list in the ranking (only what is shown: the
+    /// probabilities are over the whole vocabulary; not the sampling filter of generate --top-k)
     #[arg(long, short = 'k', default_value_t = 10, value_name = "K")]
     pub top_k: usize,
 
@@ -226,7 +252,8 @@ pub struct GenerateArgs {
     #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "T")]
     pub temperature: Option<f64>,
 
-    /// Sample only among the K most likely tokens
+    /// Sampling filter: draw only among the K most likely tokens, renormalised (with --sample;
+    /// not how many tokens are listed, as logits --top-k is)
     #[arg(long, requires = "sample", value_name = "K")]
     pub top_k: Option<usize>,
 
@@ -245,4 +272,18 @@ pub struct GenerateArgs {
     /// Keep going past end-of-sequence tokens
     #[arg(long)]
     pub ignore_eos: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command to print the page of (lmscope-COMMAND(1)); without one, lmscope(1)
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
