@@ -77,6 +77,9 @@ pub enum Command {
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
     Generate(GenerateArgs),
+    /// A session that keeps the model loaded: every command as a line, :text, :set, :pick
+    /// (reads lines from standard input when it is not a terminal)
+    Repl,
 }
 
 #[derive(Debug, Args)]
