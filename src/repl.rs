@@ -909,8 +909,7 @@ impl Completion {
     pub fn candidates(&self, before: &str) -> (usize, Vec<String>) {
         let start = before
             .char_indices()
-            .filter(|(_, c)| c.is_whitespace())
-            .last()
+            .rfind(|(_, c)| c.is_whitespace())
             .map_or(0, |(i, c)| i + c.len_utf8());
         let word = &before[start..];
         let Some(prior) = shlex::split(&before[..start]) else {
