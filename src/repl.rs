@@ -814,11 +814,6 @@ fn interactive(
     out: &mut dyn Write,
 ) -> Result<()> {
     use rustyline::error::ReadlineError;
-    // While a command runs the terminal is in its usual mode and Ctrl-C is a signal; while
-    // rustyline reads a line it is a key (ReadlineError::Interrupted).
-    if let Err(e) = ctrlc::set_handler(interrupt::request) {
-        eprintln!("warning: Ctrl-C will end the session, not just the command: {e}");
-    }
     let config = rustyline::Config::builder()
         .max_history_size(1000)
         .context("rustyline's history size")?
@@ -839,6 +834,12 @@ fn interactive(
         Err(e) => eprintln!(
             "error: {e:#}\n(the session goes on: choose another model with --model or :set model)"
         ),
+    }
+    // While a command runs the terminal is in its usual mode and Ctrl-C is a signal; while
+    // rustyline reads a line it is a key (ReadlineError::Interrupted). Installed after the first
+    // load, so that Ctrl-C while loading still ends the process.
+    if let Err(e) = ctrlc::set_handler(interrupt::request) {
+        eprintln!("warning: Ctrl-C will end the session, not just the command: {e}");
     }
     let mut history_warned = false;
     loop {
