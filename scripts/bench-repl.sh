@@ -64,4 +64,4 @@ echo "ten commands, $rounds rounds, median (min-max):"
 echo "  ten fresh processes:  $(stats "$lesson.tf")"
 echo "  one repl session:     $(stats "$lesson.ts")"
 grep -m1 'model name' /proc/cpuinfo
-echo "threads: $(nproc) cores, lmscope $("$lmscope" --version)"
+echo "$(nproc) cores, $("$lmscope" --version) at $(git rev-parse --short HEAD), load average $(cut -d" " -f1-3 /proc/loadavg)"
