@@ -41,14 +41,14 @@ const TEXT: &str = "text";
 const META: &[(&str, &str)] = &[
     (":text TEXT", "set the current text: a command given no TEXT uses it"),
     (":text", "show the current text"),
-    (":pick N", "append the N-th candidate of the last ranking to the text, rank again"),
+    (":pick N", "append candidate N of the last ranking, rank again"),
     (":pick \" Helsinki\"", "the same, by the candidate's text"),
     (":back", "undo the last :text or :pick"),
     (":set KEY VALUE", "a default for --KEY in later lines (flags: on or off)"),
     (":set", "list the settings"),
     (":unset KEY", "remove a setting"),
     (":help", "this help"),
-    (":quit", "leave the repl (also Ctrl-D); Ctrl-C stops a running command"),
+    (":quit", "leave (also Ctrl-D); Ctrl-C stops a running command"),
 ];
 
 /// Runs the repl: interactive with line editing when standard input is a terminal, otherwise
