@@ -208,7 +208,7 @@ mod probe {
     }
 
     pub fn main(brief: bool) {
-        if !lmscope::model::amx::available() {
+        if !lmscope::kernels::amx::available() {
             println!("amx_probe: no AMX here (or LMSCOPE_NO_AMX is set); nothing to measure");
             return;
         }
@@ -224,7 +224,7 @@ mod probe {
         }
         // SAFETY: AMX is available and this process may use it (checked above). The kernel's
         // configuration: all eight tiles 16 rows x 64 bytes; released when dropped.
-        let _tiles = unsafe { lmscope::model::amx::TileRegisters::configure() };
+        let _tiles = unsafe { lmscope::kernels::amx::TileRegisters::configure() };
         let (n, rounds) = if brief { (1000, 1) } else { (200_000, 3) };
         println!("amx_probe: ns per block, single thread, best of {rounds} rounds of {n} blocks");
         let mut best = [f64::MAX; VARIANTS.len()];

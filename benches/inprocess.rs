@@ -7,6 +7,9 @@
 //!   lm_head, as transformers' generate and llama.cpp's eval do);
 //! * `decode`: greedy tokens/s over the single-token steps after the first new token.
 //!
+//! `--busy S` keeps one core busy with another process (a bounded spin loop of at most S seconds)
+//! while measuring: what a student's laptop gives with a browser or a build beside it.
+//!
 //! Prints one JSON object. benches/peers/bench_peers.py runs it as
 //!
 //! ```text
@@ -18,7 +21,8 @@
 //! each figure, as a test that the harness's lmscope side works.
 
 use anyhow::{bail, Context, Result};
-use lmscope::model::{self, KvCache, LoadedModel, MatrixForm};
+use lmscope::load::{self, LoadedModel, MatrixForm};
+use lmscope::model::KvCache;
 use lmscope::source::ModelSpec;
 use serde_json::json;
 use std::time::Instant;
@@ -31,6 +35,8 @@ struct Args {
     new_tokens: usize,
     prompt: String,
     long_text: String,
+    /// Keep one core busy with another process while measuring (seconds it may run at most).
+    busy: usize,
 }
 
 fn parse() -> Result<Args> {
@@ -43,6 +49,7 @@ fn parse() -> Result<Args> {
         new_tokens: 8,
         prompt: "The capital of Finland is".into(),
         long_text: "Finland is a Nordic country in Northern Europe. ".repeat(12),
+        busy: 0,
     };
     let mut it = std::env::args().skip(1);
     let bench = std::env::args().any(|a| a == "--bench");
@@ -63,6 +70,8 @@ fn parse() -> Result<Args> {
             "--new-tokens" => args.new_tokens = number()?,
             "--prompt" => args.prompt = value.clone(),
             "--long-text" => args.long_text = value.clone(),
+            "--busy" => args.busy = number()?,
+            "--spin" => spin(number()?),
             _ => bail!("unknown argument {flag}"),
         }
     }
@@ -115,17 +124,54 @@ fn decode(m: &LoadedModel, ids: &[u32], new_tokens: usize) -> Result<(f64, Vec<u
     Ok(((new_tokens - 1) as f64 / t.elapsed().as_secs_f64(), new))
 }
 
+/// `--spin S`: the busy process of `--busy`: one core's worth of arithmetic for S seconds at
+/// most, then it exits (the benchmark also kills it when it is done).
+fn spin(seconds: usize) -> ! {
+    let end = Instant::now() + std::time::Duration::from_secs(seconds as u64);
+    let mut x = 1u64;
+    while Instant::now() < end {
+        for _ in 0..100_000 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        }
+        std::hint::black_box(x);
+    }
+    std::process::exit(0)
+}
+
+/// Kills the busy process when the benchmark ends.
+struct Busy(std::process::Child);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn main() -> Result<()> {
     lmscope::keep_freed_memory();
     let args = parse()?;
+    let _busy = match args.busy {
+        0 => None,
+        seconds => {
+            let exe = std::env::current_exe()?;
+            let mut child = std::process::Command::new(exe);
+            child.args(["--spin", &seconds.to_string()]);
+            Some(Busy(child.spawn().context("cannot start the busy process")?))
+        }
+    };
     rayon::ThreadPoolBuilder::new().num_threads(args.threads).build_global()?;
     let resolved = ModelSpec::parse(&args.model, None)?.resolve()?;
-    let mut result = json!({ "threads": args.threads, "matrix_kernels": model::matrix_kernels() });
+    let mut result = json!({
+        "threads": args.threads,
+        "matrix_kernels": lmscope::kernels::backend().name(),
+        "busy_core": args.busy > 0,
+    });
     for (name, form) in [
         ("exact", MatrixForm::Exact(candle_core::DType::F32)),
         ("quantized", MatrixForm::Quantized),
     ] {
-        let m = model::load_as(&resolved, form)?;
+        let m = load::load_as(&resolved, form)?;
         let short = m.tokenizer.encode_ids(&args.prompt)?;
         let long = m.tokenizer.encode_ids(&args.long_text)?;
         let forward = |ids: &[u32]| -> Result<()> {

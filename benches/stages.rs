@@ -5,7 +5,8 @@
 
 use candle_core::{DType, Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use lmscope::model::{self, KvCache, LoadedModel, MatrixForm};
+use lmscope::load::{self, LoadedModel, MatrixForm};
+use lmscope::model::KvCache;
 use lmscope::source::ModelSpec;
 use std::hint::black_box;
 use std::time::Duration;
@@ -34,15 +35,15 @@ fn stages(c: &mut Criterion) {
     let r = resolved();
     let mut g = c.benchmark_group("stages");
     g.sample_size(10).measurement_time(Duration::from_secs(5));
-    g.bench_function("load (exact)", |b| b.iter(|| model::load(&r, DType::F32).unwrap()));
+    g.bench_function("load (exact)", |b| b.iter(|| load::load(&r, DType::F32).unwrap()));
     g.bench_function("load (quantized)", |b| {
-        b.iter(|| model::load_as(&r, MatrixForm::Quantized).unwrap())
+        b.iter(|| load::load_as(&r, MatrixForm::Quantized).unwrap())
     });
 
     for (name, form) in
         [("exact", MatrixForm::Exact(DType::F32)), ("quantized", MatrixForm::Quantized)]
     {
-        let m = model::load_as(&r, form).unwrap();
+        let m = load::load_as(&r, form).unwrap();
         let prompt = m.tokenizer.encode_ids(PROMPT).unwrap();
         let long = ids_128(&m);
         if name == "exact" {

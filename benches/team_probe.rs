@@ -7,7 +7,7 @@
 //! `cargo bench --bench team_probe` prints microseconds per round. Under `cargo test
 //! --all-targets` (scripts/test.sh) it runs a few rounds of each (a smoke test of the probe).
 
-use lmscope::model::team;
+use lmscope::kernels::team;
 use rayon::prelude::*;
 use std::time::Instant;
 

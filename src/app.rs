@@ -1,12 +1,18 @@
 //! One command, run: from parsed arguments to a report written to a writer. The binary calls
 //! [`run`] once; a session that keeps the model loaded calls it for every line.
 
-use crate::cli::{Cli, Command, Dims, Dtype, GlobalArgs, PoolArg, WordArgs};
-use crate::model;
+use crate::cli::{
+    Cli, ColorArgs, ColorWhen, Command, Dims, Dtype, GlobalArgs, PoolArg, Rows, SpaceArg,
+    SpaceArgs, WordArgs,
+};
+use crate::load;
 use crate::render::{self, Format};
 use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
-use crate::stages::{embed, generate, logits, model_info, similarity, tokenize};
+use crate::stages::{
+    attention, embed, generate, kv_check, lens, logits, model_info, sample, score, similarity,
+    space, tokenize,
+};
 use crate::tokenizer::Tokenizer;
 use anyhow::Result;
 use std::io::Write;
@@ -18,7 +24,7 @@ use std::io::Write;
 /// reclaims it all anyway.
 #[derive(Default)]
 pub struct Session {
-    loaded: Vec<(ModelKey, &'static model::LoadedModel)>,
+    loaded: Vec<(ModelKey, &'static load::LoadedModel)>,
     tokenizer: Option<(ModelKey, &'static Tokenizer)>,
     /// The candidates of the last command that ranked next tokens, for the repl's `:pick`.
     ranking: Option<Ranking>,
@@ -76,7 +82,7 @@ impl Session {
     }
 
     /// The model the global options name, loaded once per session.
-    pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
+    pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static load::LoadedModel> {
         let key = ModelKey::of(g);
         if let Some((_, m)) = self.loaded.iter().find(|(k, _)| *k == key) {
             return Ok(m);
@@ -123,13 +129,24 @@ impl Session {
 
 /// Runs one command and writes its report to `out`.
 pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> {
+    crate::kernels::from_env().map_err(anyhow::Error::msg)?;
     let g = &cli.global;
     let format = if g.json { Format::Json } else { Format::Human };
     anyhow::ensure!(
         !(g.quantized && g.dtype != Dtype::F32),
         "--quantized computes in f32 from the GGUF blocks: drop --dtype"
     );
-    if matches!(cli.command, Command::Logits(_) | Command::Argmax(_) | Command::Generate(_)) {
+    if matches!(
+        cli.command,
+        Command::Logits(_)
+            | Command::Argmax(_)
+            | Command::Generate(_)
+            | Command::Score(_)
+            | Command::Sample(_)
+            | Command::Lens(_)
+            | Command::Attention(_)
+            | Command::KvCheck(_)
+    ) {
         note_quantized(g);
     }
     match &cli.command {
@@ -237,15 +254,106 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 }
             }
         }
+        Command::Score(args) => {
+            let m = session.model(g)?;
+            let req = score::ScoreRequest { texts: &args.texts, prompt: args.prompt.as_deref() };
+            render::score(out, format, &score::run(m, &req)?)?;
+        }
+        Command::Sample(args) => {
+            let m = session.model(g)?;
+            let req = sample::SampleRequest {
+                text: &args.text,
+                settings: crate::sampling::Settings {
+                    temperature: args.temperature,
+                    top_k: args.top_k,
+                    top_p: args.top_p,
+                },
+                seed: args.seed.unwrap_or_else(clock_seed),
+                steps: args.steps,
+                rows: match args.rows {
+                    Rows::All => None,
+                    Rows::First(n) => Some(n),
+                },
+                stop_at_eos: !args.ignore_eos,
+            };
+            render::sample(out, format, &sample::run(m, &req)?)?;
+        }
+        Command::Neighbours(args) => {
+            let m = session.model(g)?;
+            let words = [args.word.clone()];
+            let r = space::neighbours(m, &space_request(&words, &args.space))?;
+            render::neighbours(out, format, &r)?;
+        }
+        Command::Analogy(args) => {
+            let m = session.model(g)?;
+            let r = space::analogy(m, &space_request(&args.words, &args.space))?;
+            render::analogy(out, format, &r)?;
+        }
+        Command::Lens(args) => {
+            let m = session.model(g)?;
+            let req = lens::LensRequest {
+                text: &args.text,
+                position: args.position,
+                top_k: args.top_k,
+                track: args.track.as_deref(),
+                exact: args.exact,
+            };
+            render::lens(out, format, &lens::run(m, &req)?, shade(&args.color))?;
+        }
+        Command::Attention(args) => {
+            let m = session.model(g)?;
+            let req = attention::AttentionRequest {
+                text: &args.text,
+                layer: args.layer,
+                head: args.head,
+                summary: args.summary,
+                induction: args.induction,
+            };
+            render::attention(out, format, &attention::run(m, &req)?, shade(&args.color))?;
+        }
+        Command::KvCheck(args) => {
+            let m = session.model(g)?;
+            render::kv_check(out, format, &kv_check::run(m, &args.text, args.steps)?)?;
+        }
         Command::Repl => crate::repl::run(cli, session, out)?,
     }
     Ok(())
+}
+
+/// How shaded tables are drawn: colour on a terminal (--color auto) unless NO_COLOR is set.
+fn shade(args: &ColorArgs) -> render::shade::Shade {
+    use std::io::IsTerminal;
+    let forced = match args.color {
+        ColorWhen::Auto => None,
+        ColorWhen::Always => Some(true),
+        ColorWhen::Never => Some(false),
+    };
+    let color = render::shade::use_color(
+        forced,
+        std::io::stdout().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("TERM").as_deref(),
+    );
+    render::shade::Shade::new(color)
 }
 
 fn pool(args: &WordArgs) -> embed::Pool {
     match args.pool {
         PoolArg::Single => embed::Pool::Single,
         PoolArg::Mean => embed::Pool::Mean,
+    }
+}
+
+fn space_request<'a>(words: &'a [String], args: &SpaceArgs) -> space::SpaceRequest<'a> {
+    space::SpaceRequest {
+        words,
+        k: args.top_k,
+        exact: args.lookup.exact,
+        pool: pool(&args.lookup),
+        space: match args.space {
+            SpaceArg::Input => space::Space::Input,
+            SpaceArg::Output => space::Space::Output,
+        },
     }
 }
 
@@ -269,7 +377,7 @@ fn load_tokenizer(g: &GlobalArgs) -> Result<Tokenizer> {
 }
 
 /// Loads the model for the rest of the process (see [`Session`]).
-fn load_model(g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
+fn load_model(g: &GlobalArgs) -> Result<&'static load::LoadedModel> {
     let dtype = match g.dtype {
         Dtype::F32 => candle_core::DType::F32,
         Dtype::Bf16 => candle_core::DType::BF16,
@@ -278,9 +386,9 @@ fn load_model(g: &GlobalArgs) -> Result<&'static model::LoadedModel> {
     let resolved = resolve(g)?;
     let _t = crate::timings::span("load");
     let m = if g.quantized {
-        model::load_as(&resolved, model::MatrixForm::Quantized)?
+        load::load_as(&resolved, load::MatrixForm::Quantized)?
     } else {
-        model::load(&resolved, dtype)?
+        load::load(&resolved, dtype)?
     };
     Ok(Box::leak(Box::new(m)))
 }

@@ -77,6 +77,20 @@ pub enum Command {
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
     Generate(GenerateArgs),
+    /// How likely the model finds a text: every token's log-probability, rank and surprisal
+    Score(ScoreArgs),
+    /// One sampling step taken apart: temperature, top-k, top-p and the random draw
+    Sample(SampleArgs),
+    /// The nearest tokens to a word by cosine similarity over the whole embedding matrix
+    Neighbours(NeighboursArgs),
+    /// Word analogies: A - B + C on unit-length embeddings (king man woman -> queen?)
+    Analogy(AnalogyArgs),
+    /// The logit lens: what the residual stream after each layer would predict next
+    Lens(LensArgs),
+    /// Attention probabilities of each head of a layer, head classes, induction heads
+    Attention(AttentionArgs),
+    /// The KV cache checked: cached next-token logits against a full forward pass, step by step
+    KvCheck(KvCheckArgs),
     /// A session that keeps the model loaded: every command as a line, :text, :set, :pick
     /// (reads lines from standard input when it is not a terminal)
     Repl,
@@ -223,4 +237,189 @@ pub struct GenerateArgs {
     /// Keep going past end-of-sequence tokens
     #[arg(long)]
     pub ignore_eos: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// The text to score; several texts are candidates compared after the same --prompt
+    #[arg(required = true)]
+    pub texts: Vec<String>,
+
+    /// Score only what follows this prompt (its tokens are given, not scored)
+    #[arg(long, value_name = "P")]
+    pub prompt: Option<String>,
+}
+
+/// `--rows N` or `--rows all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    First(usize),
+    All,
+}
+
+fn parse_rows(s: &str) -> Result<Rows, String> {
+    if s == "all" {
+        return Ok(Rows::All);
+    }
+    s.parse::<usize>()
+        .map(Rows::First)
+        .map_err(|_| format!("expected a number or \"all\", got {s:?}"))
+}
+
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// The prompt whose next token is sampled
+    pub text: String,
+
+    /// Divide the logits by T before the softmax (below 1 sharpens, above 1 flattens)
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_name = "T")]
+    pub temperature: f64,
+
+    /// Keep only the K most likely tokens (and any tied with the K-th)
+    #[arg(long, value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Keep the smallest set of most likely tokens whose probability reaches P
+    #[arg(long, allow_negative_numbers = true, value_name = "P")]
+    pub top_p: Option<f64>,
+
+    /// Random seed: the same seed draws the same tokens as generate --sample --seed (default:
+    /// chosen from the clock and shown)
+    #[arg(long, value_name = "SEED")]
+    pub seed: Option<u64>,
+
+    /// How many tokens to draw, appending each and sampling again
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub steps: usize,
+
+    /// How many candidates each step lists: a number, or "all" (every kept token)
+    #[arg(long, default_value = "10", value_parser = parse_rows, value_name = "N|all")]
+    pub rows: Rows,
+
+    /// Keep going past end-of-sequence tokens
+    #[arg(long)]
+    pub ignore_eos: bool,
+}
+
+/// Which matrix's rows are the words' vectors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SpaceArg {
+    /// The input embeddings (model.embed_tokens.weight)
+    Input,
+    /// The output embeddings (lm_head.weight; the same matrix when the model ties them)
+    Output,
+}
+
+#[derive(Debug, Args)]
+pub struct SpaceArgs {
+    /// How many nearest tokens to list
+    #[arg(long, short = 'k', default_value_t = 10, value_name = "K")]
+    pub top_k: usize,
+
+    /// Which embedding matrix to search
+    #[arg(long, value_enum, default_value_t = SpaceArg::Input)]
+    pub space: SpaceArg,
+
+    #[command(flatten)]
+    pub lookup: WordArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct NeighboursArgs {
+    /// The word (looked up as " word", as embed and similarity do)
+    pub word: String,
+
+    #[command(flatten)]
+    pub space: SpaceArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AnalogyArgs {
+    /// Three words A B C: the tokens nearest to A - B + C ("king man woman")
+    pub words: Vec<String>,
+
+    #[command(flatten)]
+    pub space: SpaceArgs,
+}
+
+/// When to colour the shaded tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorWhen {
+    /// Only on a terminal, and not when NO_COLOR is set
+    Auto,
+    /// Also into a pipe or a file (and despite NO_COLOR)
+    Always,
+    /// Shade characters only
+    Never,
+}
+
+#[derive(Debug, Args)]
+pub struct ColorArgs {
+    /// Shade probabilities with a background colour (auto: on a terminal without NO_COLOR);
+    /// without colour, shade characters " ░▒▓█" carry the same information
+    #[arg(long, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    pub color: ColorWhen,
+}
+
+#[derive(Debug, Args)]
+pub struct LensArgs {
+    /// The prompt to run the model on
+    pub text: String,
+
+    /// Only this position (0-based; negative counts from the end). Default: every position in
+    /// the grid, the last one in the per-layer table
+    #[arg(long, allow_negative_numbers = true, value_name = "POS")]
+    pub position: Option<i64>,
+
+    /// How many guesses per layer the per-layer table (and the JSON) lists
+    #[arg(long, short = 'k', default_value_t = 3, value_name = "K")]
+    pub top_k: usize,
+
+    /// Follow one token's rank and probability through the layers (looked up as " WORD")
+    #[arg(long, value_name = "WORD")]
+    pub track: Option<String>,
+
+    /// Look the --track word up exactly as given, without a leading space
+    #[arg(long, requires = "track")]
+    pub exact: bool,
+
+    #[command(flatten)]
+    pub color: ColorArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["layer", "summary", "induction"])))]
+pub struct AttentionArgs {
+    /// The prompt to run the model on
+    pub text: String,
+
+    /// The layer whose heads to show (0-based, as print(model) numbers them)
+    #[arg(long, value_name = "L")]
+    pub layer: Option<usize>,
+
+    /// Only this head of the layer (0-based)
+    #[arg(long, requires = "layer", value_name = "H")]
+    pub head: Option<usize>,
+
+    /// Every head of every layer, one cell each, with its dominant pattern
+    #[arg(long, conflicts_with = "layer")]
+    pub summary: bool,
+
+    /// Rank every head by its induction score (on the text if it repeats a token, else on a
+    /// repeated random token sequence)
+    #[arg(long)]
+    pub induction: bool,
+
+    #[command(flatten)]
+    pub color: ColorArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KvCheckArgs {
+    /// The prompt
+    pub text: String,
+
+    /// How many greedy steps to check
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    pub steps: usize,
 }

@@ -1,6 +1,8 @@
 //! lmscope: watch a Llama-family language model generate text one stage at a time.
 //!
-//! text -> [`tokenizer`] -> token ids -> embeddings -> [`model::forward`] -> logits -> next token.
+//! text -> [`tokenizer`] -> token ids -> embeddings -> [`model::llama`] -> logits -> next token.
+//! The model is a textbook page ([`model`], the student's room); the kernels that make it fast
+//! live apart ([`kernels`], the engine room).
 //! Each subcommand of the binary is one [`stages`] function that returns a serialisable report;
 //! [`render`] writes it as a table or as JSON to a writer.
 
@@ -10,6 +12,8 @@ pub mod config;
 pub mod gguf;
 pub mod hub;
 pub mod interrupt;
+pub mod kernels;
+pub mod load;
 pub mod model;
 pub mod render;
 pub mod repl;

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     // The repl prints --timings for each line.
     let show_timings = cli.global.timings && !matches!(cli.command, Command::Repl);
     if let Some(n) = cli.global.threads {
-        // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels run on model::team,
+        // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels run on kernels::team,
         // which takes its size from rayon's global pool.
         std::env::set_var("RAYON_NUM_THREADS", n.to_string());
         let _ = rayon::ThreadPoolBuilder::new().num_threads(n as usize).build_global();

@@ -37,6 +37,9 @@ const NOT_SETTABLE: &[&str] = &["help", "version", "threads"];
 /// The id of the positional argument that `:text` fills in (every command's `text: String`).
 const TEXT: &str = "text";
 
+/// The ids of the positionals the current text goes to: `text`, and `score`'s `texts`.
+const TEXT_IDS: &[&str] = &[TEXT, "texts"];
+
 /// The repl's commands, for `:help`, completion and suggestions.
 const META: &[(&str, &str)] = &[
     (":text TEXT", "set the current text: a command given no TEXT uses it"),
@@ -257,8 +260,10 @@ impl Repl {
         let given = |id: &str| matches.value_source(id) == Some(ValueSource::CommandLine);
         let mut extras = Vec::new();
         if let Some(text) = &self.text {
-            let takes_text = sub.get_arguments().any(|a| a.is_positional() && a.get_id() == TEXT);
-            if takes_text && !given(TEXT) {
+            let positional = sub
+                .get_arguments()
+                .find(|a| a.is_positional() && TEXT_IDS.contains(&a.get_id().as_str()));
+            if positional.is_some_and(|a| !given(a.get_id().as_str())) {
                 extras.push(Extra::Text(text.clone()));
             }
         }
@@ -562,10 +567,13 @@ fn probe(words: &[String]) -> Option<(clap::Command, ArgMatches)> {
 /// A line's words without the TEXT it gave, if it gave one (`logits -k 5 "The capital"` ->
 /// `logits -k 5`): what `:pick` runs again with the longer text.
 fn without_text(words: &[String]) -> Vec<String> {
-    let Some((_, matches)) = probe(words) else {
+    let Some((sub, matches)) = probe(words) else {
         return words.to_vec();
     };
-    if matches.value_source(TEXT) != Some(ValueSource::CommandLine) {
+    // (Asking clap's matches about an id the command does not have panics in debug builds.)
+    if !sub.get_arguments().any(|a| a.get_id() == TEXT)
+        || matches.value_source(TEXT) != Some(ValueSource::CommandLine)
+    {
         return words.to_vec();
     }
     let Some(text) = matches.get_raw(TEXT).and_then(|mut v| v.next()).map(|v| v.to_owned()) else {
@@ -1081,6 +1089,12 @@ mod tests {
         }
         // A command with no TEXT positional is left alone.
         assert_eq!(argv(&r, "embed dog"), ["lmscope", "embed", "dog", "--model=M"]);
+        // Every command with a TEXT positional gets it, score's TEXTS too.
+        for line in ["lens", "attention --layer 1", "sample --steps 2", "kv-check", "score"] {
+            let a = argv(&r, line);
+            assert_eq!(a[a.len() - 2..], ["--", "-The capital"], "{line}");
+            assert!(r.parse(&words(line)).is_ok(), "{line}");
+        }
         // An existing `--` keeps the options before it.
         assert_eq!(
             argv(&r, "logits -k 5 --"),
@@ -1164,6 +1178,7 @@ mod tests {
         // The text equal to an option's value: the positional one goes.
         assert_eq!(without_text(&words("--model x logits x")), words("--model x logits"));
         assert_eq!(without_text(&words("argmax --steps 2 -- -x")), words("argmax --steps 2 --"));
+        assert_eq!(without_text(&words("embed dog")), words("embed dog"));
     }
 
     #[test]

@@ -52,5 +52,5 @@ pub fn summary(total: Duration) -> String {
     for (name, d) in totals() {
         line += &format!(" {name} {:.1} ms,", ms(d));
     }
-    format!("{line} total {:.1} ms", ms(total))
+    format!("{line} total {:.1} ms (kernels: {})", ms(total), crate::kernels::backend())
 }

@@ -17,7 +17,12 @@ fn tiny() -> String {
 
 /// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it).
 fn golden(name: &str, args: &[&str]) {
-    let out = lmscope().args(args).output().unwrap();
+    golden_with(name, &[], args)
+}
+
+/// [`golden`] with environment variables set.
+fn golden_with(name: &str, env: &[(&str, &str)], args: &[&str]) {
+    let out = lmscope().envs(env.iter().copied()).args(args).output().unwrap();
     assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
     let actual = String::from_utf8(out.stdout).unwrap();
     let path = repo_path(&format!("tests/golden/{name}.txt"));
@@ -44,7 +49,8 @@ fn golden_tables_on_the_tiny_model() {
     golden("embed", &["--model", &t, "embed", "dog", "cat", "--dims", "4"]);
     golden("similarity_pair", &["--model", &t, "similarity", "dog", "cat"]);
     golden("similarity_matrix", &["--model", &t, "similarity", "dog", "cat", "hat"]);
-    golden("model", &["--model", &t, "model"]);
+    // The kernels row names the backend: the portable one runs on every CPU.
+    golden_with("model", &[("LMSCOPE_KERNELS", "portable")], &["--model", &t, "model"]);
     golden(
         "generate",
         &["--model", &t, "generate", "The capital", "--max-new-tokens", "8", "--show-steps"],

@@ -46,6 +46,8 @@ fn skip_reason(e: &Example) -> Option<&'static str> {
         Some("the page elides part of the output")
     } else if e.command.contains("--timings") {
         Some("timings differ from run to run")
+    } else if e.command.starts_with("lmscope kv-check") {
+        Some("kv-check's table times each step, and times differ from run to run")
     } else if e.command.contains("env -u LMSCOPE_MODEL") {
         Some("reaches for the Hugging Face Hub")
     } else if e.command == "lmscope embed dog --dims 100" {
@@ -64,7 +66,7 @@ fn have_jq() -> bool {
 #[test]
 fn documented_examples_print_what_the_pages_show() {
     real_model(); // fails, never skips, when scripts/fetch-model.sh has not run
-    let same_kernels = lmscope::model::matrix_kernels() == "AMX";
+    let same_kernels = lmscope::kernels::backend() == lmscope::kernels::Backend::Amx;
     let bin = Path::new(env!("CARGO_BIN_EXE_lmscope")).parent().expect("a directory");
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut ran = 0;
@@ -110,7 +112,7 @@ fn documented_examples_print_what_the_pages_show() {
     if !same_kernels {
         // The pages were made with the AMX and AVX-512 kernels; other kernels sum in another
         // order and can move the last printed digit, so only the running is checked here.
-        let kernels = lmscope::model::matrix_kernels();
+        let kernels = lmscope::kernels::backend();
         eprintln!("{kernels} kernels: {} examples differ in digits, not compared", failures.len());
         return;
     }

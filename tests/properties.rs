@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::DType;
 use common::{repo_path, tiny_dir};
-use lmscope::model::{self, LoadedModel};
+use lmscope::load::{self, LoadedModel};
 use lmscope::source::ModelSpec;
 use lmscope::stages::{embed, generate, logits, similarity, tokenize};
 use lmscope::tokenizer::Tokenizer;
@@ -16,7 +16,7 @@ fn tiny() -> &'static LoadedModel {
     static M: OnceLock<LoadedModel> = OnceLock::new();
     M.get_or_init(|| {
         let spec = ModelSpec::parse(tiny_dir().to_str().unwrap(), None).unwrap();
-        model::load(&spec.resolve().unwrap(), DType::F32).unwrap()
+        load::load(&spec.resolve().unwrap(), DType::F32).unwrap()
     })
 }
 

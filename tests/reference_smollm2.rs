@@ -7,7 +7,8 @@ mod common;
 use base64::Engine;
 use candle_core::DType;
 use common::{json, real_model};
-use lmscope::model::{self, KvCache, LoadedModel};
+use lmscope::load::{self, LoadedModel};
+use lmscope::model::KvCache;
 use lmscope::source::ModelSpec;
 use std::sync::OnceLock;
 
@@ -16,7 +17,7 @@ fn smollm2() -> &'static LoadedModel {
     static MODEL: OnceLock<LoadedModel> = OnceLock::new();
     MODEL.get_or_init(|| {
         let spec = ModelSpec::parse(real_model().to_str().unwrap(), None).unwrap();
-        model::load(&spec.resolve().unwrap(), DType::F32).unwrap()
+        load::load(&spec.resolve().unwrap(), DType::F32).unwrap()
     })
 }
 
@@ -147,7 +148,7 @@ fn kv_cache_decoding_equals_full_passes_on_the_real_model() {
 fn quantized_path_stays_close_to_the_exact_path() {
     let exact = smollm2();
     let spec = ModelSpec::parse(real_model().to_str().unwrap(), None).unwrap();
-    let quantized = model::load_as(&spec.resolve().unwrap(), model::MatrixForm::Quantized).unwrap();
+    let quantized = load::load_as(&spec.resolve().unwrap(), load::MatrixForm::Quantized).unwrap();
     let reference = json("fixtures/smollm2/logits.json");
     let (mut same_top1, mut top10_overlap, mut worst) = (0, 0, 0f32);
     let cases = reference["cases"].as_array().unwrap();

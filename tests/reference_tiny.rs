@@ -5,13 +5,14 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{json, repo_path, tiny_dir};
-use lmscope::model::{self, Capture, KvCache, LoadedModel};
+use lmscope::load::{self, LoadedModel};
+use lmscope::model::{Capture, KvCache};
 use lmscope::source::ModelSpec;
 use serde_json::Value;
 
 fn load(path: &std::path::Path, dtype: DType) -> LoadedModel {
     let spec = ModelSpec::parse(path.to_str().unwrap(), None).unwrap();
-    model::load(&spec.resolve().unwrap(), dtype).unwrap()
+    load::load(&spec.resolve().unwrap(), dtype).unwrap()
 }
 
 fn floats(v: &Value) -> Vec<f32> {

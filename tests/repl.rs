@@ -85,6 +85,13 @@ fn piped_session_prints_the_one_shot_bytes_on_the_tiny_model() {
             // Text that needs quoting, and one that starts with a dash.
             &["tokenize", "it's \"quoted\"\ttab"],
             &["tokenize", "--", "-5 degrees"],
+            // The commands of the other issues.
+            &["score", "The capital of Finland is"],
+            &["sample", "The capital", "--seed", "3", "--steps", "2"],
+            &["neighbours", "dog", "-k", "3"],
+            &["analogy", "dog", "cat", "hat"],
+            &["lens", "The capital of Finland is"],
+            &["attention", "The capital", "--layer", "1"],
         ],
     );
 }
@@ -105,6 +112,8 @@ fn piped_session_prints_the_one_shot_bytes_on_the_real_model() {
             &["embed", "king", "queen", "--dims", "5"],
             &["similarity", "king", "queen", "apple"],
             &["--json", "model"],
+            &["lens", "The capital of Finland is", "--top-k", "3"],
+            &["score", "The capital of Finland is Helsinki."],
         ],
     );
     // The repl's own --json is every line's default.
@@ -183,6 +192,10 @@ fn the_current_text_goes_to_every_command_that_takes_a_text() {
             "logits -k 3",
             "--json argmax --steps 2",
             "generate --max-new-tokens 4",
+            "lens --top-k 2",
+            "attention --layer 1",
+            "score",
+            "sample --seed 3",
             // Commands without a TEXT are left alone; a given text wins.
             "embed dog --dims 3",
             "tokenize Helsinki",
@@ -200,11 +213,39 @@ fn the_current_text_goes_to_every_command_that_takes_a_text() {
         + &one(&["logits", "-k", "3", text])
         + &one(&["--json", "argmax", "--steps", "2", text])
         + &one(&["generate", "--max-new-tokens", "4", text])
+        + &one(&["lens", "--top-k", "2", text])
+        + &one(&["attention", "--layer", "1", text])
+        + &one(&["score", text])
+        + &one(&["sample", "--seed", "3", text])
         + &one(&["embed", "dog", "--dims", "3"])
         + &one(&["tokenize", "Helsinki"])
         + &one(&["tokenize", "--ids", "5,6"])
         + &one(&["tokenize", " spaced "]);
     assert_eq!(String::from_utf8(out.stdout).unwrap(), expected);
+}
+
+/// A JSON document without its timings (`ms_*` keys), which differ from run to run.
+fn without_times(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("ms_"))
+            .map(|(k, v)| (k, without_times(v)))
+            .collect(),
+        serde_json::Value::Array(a) => a.into_iter().map(without_times).collect(),
+        other => other,
+    }
+}
+
+#[test]
+fn kv_check_on_the_current_text_equals_the_one_shot_but_for_its_timings() {
+    let t = tiny();
+    let out = session(&["--model", &t], &[":text The capital", "--json kv-check --steps 2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = common::lmscope_json(&["--model", &t, "kv-check", "--steps", "2", "The capital"]);
+    assert!(got["steps"][0]["ms_cached"].is_number(), "{got}");
+    assert_eq!(without_times(got), without_times(want));
 }
 
 #[test]

@@ -5,14 +5,14 @@ mod common;
 
 use candle_core::DType;
 use common::{lmscope_err, repo_path, tiny_dir};
-use lmscope::model;
+use lmscope::load;
 use lmscope::source::ModelSpec;
 use std::path::Path;
 
 /// Loads a model (config, tokenizer, weights) the way every command does.
-fn load(path: &Path) -> anyhow::Result<model::LoadedModel> {
+fn load(path: &Path) -> anyhow::Result<load::LoadedModel> {
     let spec = ModelSpec::parse(path.to_str().unwrap(), None)?;
-    model::load(&spec.resolve()?, DType::F32)
+    load::load(&spec.resolve()?, DType::F32)
 }
 
 /// The end of a GGUF file's header: where its tensor data starts.

@@ -7,8 +7,9 @@ use candle_core::{DType, Device};
 use libfuzzer_sys::fuzz_target;
 use lmscope::config::Config;
 use lmscope::gguf::GgufFile;
-use lmscope::model::weights::{GgufSource, Weights};
-use lmscope::model::MatrixForm;
+use lmscope::load::weights::GgufSource;
+use lmscope::model::Weights;
+use lmscope::load::MatrixForm;
 use lmscope::tokenizer::Tokenizer;
 
 /// A valid config may legitimately ask for a lot of memory; the fuzzer skips loading weights

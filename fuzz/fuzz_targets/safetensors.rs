@@ -10,8 +10,9 @@
 use candle_core::{DType, Device};
 use libfuzzer_sys::fuzz_target;
 use lmscope::config::Config;
-use lmscope::model::weights::{SafetensorsSource, Weights};
-use lmscope::model::MatrixForm;
+use lmscope::load::weights::SafetensorsSource;
+use lmscope::model::Weights;
+use lmscope::load::MatrixForm;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;

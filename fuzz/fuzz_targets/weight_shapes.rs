@@ -13,8 +13,9 @@ use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use lmscope::config::Config;
 use lmscope::gguf::GgufFile;
-use lmscope::model::weights::{GgufSource, SafetensorsSource, Weights};
-use lmscope::model::MatrixForm;
+use lmscope::load::weights::{GgufSource, SafetensorsSource};
+use lmscope::model::Weights;
+use lmscope::load::MatrixForm;
 use std::io::Write;
 
 const VOCAB: u64 = 8;

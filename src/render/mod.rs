@@ -7,11 +7,25 @@ use crate::stages::logits::LogitsReport;
 use crate::stages::model_info::ModelReport;
 use crate::stages::similarity::SimilarityReport;
 use crate::stages::tokenize::TokenizeReport;
-use crate::text::{count, visible, visible_bytes};
+use crate::text::{count, number, visible, visible_bytes};
 use anyhow::Result;
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Cell, CellAlignment, ContentArrangement, Table};
 use serde::Serialize;
 use std::io::Write;
+
+mod sample;
+mod score;
+mod space;
+pub use sample::*;
+pub use score::*;
+pub use space::*;
+mod attention;
+mod kv_check;
+mod lens;
+pub mod shade;
+pub use attention::attention;
+pub use kv_check::kv_check;
+pub use lens::lens;
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,7 +140,7 @@ pub fn logits(out: &mut dyn Write, format: Format, r: &LogitsReport) -> Result<(
             visible(&r.position_token)
         );
         let mut header = vec!["rank", "id", "token", "text", "logit", "prob", "log-prob"];
-        let t_header = r.temperature.map(|t| format!("prob at T={t}"));
+        let t_header = r.temperature.map(|t| format!("prob at T={}", number(t)));
         if let Some(h) = &t_header {
             header.push(h);
         }
@@ -295,6 +309,7 @@ pub fn model(out: &mut dyn Write, format: Format, r: &ModelReport) -> Result<()>
             ("stored dtype", c.stored_dtype.clone().unwrap_or_else(|| "unknown".into())),
             ("compute dtype", r.dtype.clone()),
             ("matrices", r.matrices.clone()),
+            ("kernels", format!("{} (LMSCOPE_KERNELS)", r.kernels)),
         ];
         for (k, v) in rows {
             t.add_row(vec![k.to_string(), v]);
@@ -395,4 +410,56 @@ impl<'a> TextStream<'a> {
 
 pub fn generate(out: &mut dyn Write, r: &GenerateReport) -> Result<()> {
     emit(out, Format::Json, r, String::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::Tokenizer;
+    use std::path::Path;
+
+    fn tiny_tokenizer() -> Tokenizer {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        Tokenizer::from_file(&root.join("fixtures/tiny-llama/tokenizer.json")).unwrap()
+    }
+
+    /// A printer writes to the writer it is given: the table the binary prints (its golden file)
+    /// comes out of a `Vec<u8>` too, and the JSON document parses.
+    #[test]
+    fn printers_write_to_the_given_writer() {
+        let r = crate::stages::tokenize::from_text(&tiny_tokenizer(), "The capital of Finland is")
+            .unwrap();
+        let mut out = Vec::new();
+        tokenize(&mut out, Format::Human, &r).unwrap();
+        let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/tokenize.txt");
+        assert_eq!(String::from_utf8(out).unwrap(), std::fs::read_to_string(golden).unwrap());
+        let mut out = Vec::new();
+        tokenize(&mut out, Format::Json, &r).unwrap();
+        let doc: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(doc["ids"], serde_json::json!([277, 308, 279, 446, 275]));
+    }
+
+    /// Generated text streams through the writer, whole characters only, the prompt first.
+    #[test]
+    fn the_text_stream_holds_back_partial_characters() {
+        let step = |bytes: &[u8]| Step {
+            id: 0,
+            token: String::new(),
+            text: String::new(),
+            bytes: bytes.to_vec(),
+            logit: 1.0,
+            prob: 0.5,
+            runner_up_id: 1,
+            runner_up_token: String::new(),
+            runner_up_text: String::new(),
+            runner_up_prob: 0.25,
+            sample_prob: None,
+        };
+        let mut out = Vec::new();
+        let mut stream = TextStream::new(&mut out, "Hi");
+        stream.push(&step(b" \xF0\x9F")).unwrap(); // the first half of an emoji
+        stream.push(&step(b"\x98\x80!")).unwrap();
+        drop(stream);
+        assert_eq!(String::from_utf8(out).unwrap(), "Hi \u{1F600}!");
+    }
 }

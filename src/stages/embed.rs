@@ -1,7 +1,7 @@
 //! `lmscope embed`: the embedding matrix and the (context-free) vectors of words, the notebook's
 //! `get_id(word)` and `get_embedding(id)`.
 
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, ensure, Result};
 use candle_core::Tensor;

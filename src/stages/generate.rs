@@ -1,8 +1,9 @@
 //! `lmscope generate` and `lmscope argmax`: append the chosen token and run the model again,
 //! with the KV cache so each new token costs one position of work.
 
-use crate::model::{KvCache, LoadedModel};
-use crate::sampling::{argmax, filtered_distribution, probabilities, Rng, Strategy};
+use crate::load::LoadedModel;
+use crate::model::KvCache;
+use crate::sampling::{argmax, probabilities, Pipeline, Rng, Strategy};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
@@ -104,9 +105,10 @@ pub fn run(
         Strategy::Greedy => ("greedy".to_string(), None),
         Strategy::Sample { temperature, top_k, top_p, seed } => (
             format!(
-                "sample (temperature {temperature}, top-k {}, top-p {})",
+                "sample (temperature {}, top-k {}, top-p {})",
+                crate::text::number(*temperature),
                 top_k.map_or("off".into(), |k| k.to_string()),
-                top_p.map_or("off".into(), |p| p.to_string())
+                top_p.map_or("off".into(), crate::text::number)
             ),
             Some(*seed),
         ),
@@ -134,7 +136,13 @@ fn choose(
     let probs = probabilities(logits, 1.0);
     let (id, sample_prob) = match (strategy, rng) {
         (Strategy::Sample { temperature, top_k, top_p, .. }, Some(rng)) => {
-            let dist = filtered_distribution(logits, *temperature, *top_k, *top_p);
+            // The same pipeline and draw as `lmscope sample`, so a seed gives the same tokens.
+            let settings = crate::sampling::Settings {
+                temperature: *temperature,
+                top_k: *top_k,
+                top_p: *top_p,
+            };
+            let dist = Pipeline::new(logits, &settings).sampled;
             let id = rng.choose(&dist);
             (id, Some(dist[id]))
         }

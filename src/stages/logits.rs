@@ -1,7 +1,8 @@
 //! `lmscope logits`: run the model on a prompt and rank the next token, the notebook's
 //! `model(**input_)`, `output.logits[0][-1]` and `logits.argmax()`.
 
-use crate::model::{softmax_f64, LoadedModel};
+use crate::load::LoadedModel;
+use crate::model::softmax_f64;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 

@@ -2,7 +2,7 @@
 //! parameters are.
 
 use crate::config::Config;
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 use anyhow::Result;
 use serde::Serialize;
 
@@ -18,6 +18,10 @@ pub struct ModelReport {
     pub dtype: String,
     /// How the weight matrices are held and multiplied (the exact or the --quantized path).
     pub matrices: String,
+    /// The kernels the forward pass runs on (`LMSCOPE_KERNELS`; by default the best this CPU runs).
+    pub kernels: String,
+    /// The backends this CPU runs, slowest first.
+    pub kernels_available: Vec<String>,
 }
 
 /// Parameter counts per part of the model.
@@ -52,12 +56,17 @@ pub fn run(m: &LoadedModel) -> Result<ModelReport> {
         parameters,
         dtype: format!("{:?}", m.model.dtype).to_lowercase(),
         matrices: describe_matrices(m),
+        kernels: crate::kernels::backend().name().to_string(),
+        kernels_available: crate::kernels::Backend::all_available()
+            .iter()
+            .map(|b| b.name().to_string())
+            .collect(),
     })
 }
 
 /// "exact: ..." or "quantized: ...", from the forms the loaded matrices are in.
 fn describe_matrices(m: &LoadedModel) -> String {
-    use crate::model::weights::Matrix;
+    use crate::kernels::Matrix;
     let w = &m.model.weights;
     let mut forms: Vec<String> = Vec::new();
     let mut quantized = false;

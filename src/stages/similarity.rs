@@ -2,7 +2,7 @@
 //! `cosine_similarity(emb1.unsqueeze(0), emb2.unsqueeze(0))`.
 
 use super::embed::{lookup, word_vector, Pool, WordLookup};
-use crate::model::LoadedModel;
+use crate::load::LoadedModel;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 

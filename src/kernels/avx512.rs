@@ -1,7 +1,7 @@
 //! AVX-512 kernels for products with GGUF block matrices, used when the CPU has AVX-512F/BW.
 //!
 //! Two shapes of work, both the dot products of the *dequantized* weights with f32 inputs (the
-//! exact path; only the order of the additions differs from [`super::blocks`]' generic kernel):
+//! exact path; only the order of the additions differs from `portable::dot_rows`):
 //!
 //! * [`dot_rows`], for a few input rows (decoding, short prompts): each weight block is turned
 //!   into 32 floats in two registers once and multiplied with every input row, as
@@ -512,10 +512,10 @@ unsafe fn silu_mul_k(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-use super::ops::ATTENTION_ROWS;
+use super::portable::QUERY_BLOCK as ATTENTION_ROWS;
 
-/// Attention for `rows` (at most `ops::ATTENTION_ROWS` = 4) queries of one head (see
-/// `ops::attention_f32`): `probs[r][j] = softmax_j(q_r . k_j * scale + mask[r][j])` and
+/// Attention for `rows` (at most `portable::QUERY_BLOCK` = 4) queries of one head (see
+/// `attention.rs`): `probs[r][j] = softmax_j(q_r . k_j * scale + mask[r][j])` and
 /// `out[r] = sum over j of probs[r][j] v_j`. queries (rows, d), keys_t (d, s) the keys
 /// transposed, values (s, d), masks (rows, s), probs (rows, s), out (rows, d). Scores are summed
 /// over d in order with fused multiply-adds, 16 keys per register; the outputs 64 values at a
@@ -714,7 +714,7 @@ unsafe fn softmax_k(row: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::blocks::quantized;
+    use crate::kernels::blocks::quantized;
     use candle_core::quantized::GgmlDType;
     use candle_core::Device;
 

@@ -38,7 +38,7 @@ pub fn threads() -> usize {
 /// in a task is re-raised here once no task is running.
 pub fn for_each(n: usize, task: impl Fn(usize) + Sync) {
     let team = match team() {
-        Some(team) if n > 1 && !IN_LOOP.get() => team,
+        Some(team) if n > 1 && !IN_LOOP.get() && !BACKOFF.solo() => team,
         _ => return (0..n).for_each(task),
     };
     let Some(_hold) = team.hold() else {
@@ -68,6 +68,7 @@ pub fn for_each(n: usize, task: impl Fn(usize) + Sync) {
         }
     }
     team.work(epoch);
+    let waiting = Instant::now();
     let mut spins = 0u32;
     while team.completed.load(Ordering::Acquire) < n {
         spins = spins.wrapping_add(1);
@@ -78,10 +79,83 @@ pub fn for_each(n: usize, task: impl Fn(usize) + Sync) {
             std::hint::spin_loop();
         }
     }
+    BACKOFF.after_loop(waiting.elapsed());
     let panic = job.panic.into_inner().unwrap_or_else(|e| e.into_inner());
     if let Some(payload) = panic {
         resume_unwind(payload);
     }
+}
+
+/// A wait this long for the helpers' last tasks, once the caller has run out of tasks, means a
+/// helper was not running: its core went to another process. A loop's tasks are a small
+/// fraction of it, so on cores of its own a helper finishes its last one within tens of
+/// microseconds of the caller.
+const LATE: Duration = Duration::from_millis(1);
+/// The first time the loops run on the caller alone after a late helper; doubled each time the
+/// team is late again right after, up to [`SOLO_MAX`].
+const SOLO_MIN: Duration = Duration::from_millis(20);
+const SOLO_MAX: Duration = Duration::from_secs(1);
+
+/// When the machine is busy (another process on a core the helpers need), waiting for a helper
+/// that the operating system has descheduled costs a time slice per loop, far more than the
+/// loop. Then the loops run on the calling thread alone for a while (the helpers park), which is
+/// never slower than `--threads 1`, and the team is tried again; a team that is late again at
+/// once backs off for twice as long.
+static BACKOFF: Backoff = Backoff {
+    solo_until: AtomicU64::new(0),
+    solo_for: AtomicU64::new(0),
+    tried_at: AtomicU64::new(0),
+};
+
+struct Backoff {
+    /// Until when (nanoseconds since `epoch()`) loops run on the caller alone.
+    solo_until: AtomicU64,
+    /// The length of the last solo period, in nanoseconds (0: none yet, or the team was on time
+    /// long enough to forget it).
+    solo_for: AtomicU64,
+    /// When the team was last tried again after a solo period.
+    tried_at: AtomicU64,
+}
+
+impl Backoff {
+    fn solo(&self) -> bool {
+        let until = self.solo_until.load(Ordering::Relaxed);
+        if until == 0 {
+            return false;
+        }
+        let now = since_start();
+        if now < until {
+            return true;
+        }
+        // The period is over: the team gets another try.
+        if self.solo_until.swap(0, Ordering::Relaxed) != 0 {
+            self.tried_at.store(now, Ordering::Relaxed);
+        }
+        false
+    }
+
+    fn after_loop(&self, waited: Duration) {
+        let now = since_start();
+        let last = self.solo_for.load(Ordering::Relaxed);
+        if waited < LATE {
+            // On time for a while after the last try: forget the backoff.
+            let tried = self.tried_at.load(Ordering::Relaxed);
+            if last != 0 && now.saturating_sub(tried) > 4 * last {
+                self.solo_for.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let next = if last == 0 { SOLO_MIN.as_nanos() as u64 } else { 2 * last };
+        let next = next.min(SOLO_MAX.as_nanos() as u64);
+        self.solo_for.store(next, Ordering::Relaxed);
+        self.solo_until.store(now + next, Ordering::Relaxed);
+    }
+}
+
+/// Nanoseconds since the first call (at least 1).
+fn since_start() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
 }
 
 /// Runs `task(i, chunk)` for every `chunk`-long piece of `data` (the last may be shorter), the

@@ -36,8 +36,8 @@
 //! about 16 cycles, but AVX-512 loads and shuffles barely overlap with it, so the time is close to
 //! the sum of the tile work and the AVX-512 work around it; the design keeps the latter small.
 
+use super::avx512::{self as simd, Columns, RowScales, Q4_0, Q4_1, Q8_0};
 use super::blocks::{BlockMatrix, BLOCK};
-use super::simd::{self, Columns, RowScales, Q4_0, Q4_1, Q8_0};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::RefCell;
@@ -59,13 +59,11 @@ const TILE_BYTES: usize = 1024;
 const GROUP_TILES: usize = PARTS * 2;
 
 /// Whether the AMX kernel runs here: a CPU with AMX-TILE and AMX-BF16 (and the AVX-512 that
-/// packs for it), a kernel that lets this process use the tile registers, and no
-/// `LMSCOPE_NO_AMX` in the environment (to compare with the AVX-512 kernel).
+/// packs for it), and a kernel that lets this process use the tile registers.
 pub fn available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
     *AVAILABLE.get_or_init(|| {
-        std::env::var_os("LMSCOPE_NO_AMX").is_none()
-            && simd::available()
+        simd::available()
             && is_x86_feature_detected!("avx512bf16")
             && cpu_has_amx()
             && request_permission()
@@ -545,8 +543,8 @@ unsafe fn block_products(a: *const u8, b: *const u8, c: &mut [[f32; 256]; 4]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::blocks::quantized;
-    use crate::model::simd::column_windows;
+    use crate::kernels::avx512::column_windows;
+    use crate::kernels::blocks::quantized;
     use candle_core::quantized::GgmlDType;
     use candle_core::Device;
 
@@ -642,7 +640,7 @@ mod tests {
                 // Q4_1's offset m of each block (the kernel adds m * sum(x) and d * (q . x)).
                 let bytes = w.bytes.as_slice();
                 let offset = |j: usize, c: usize| -> f64 {
-                    if w.kind != crate::model::blocks::BlockType::Q4_1 {
+                    if w.kind != crate::kernels::blocks::BlockType::Q4_1 {
                         return 0.0;
                     }
                     let at = (j * k / BLOCK + c / BLOCK) * 20 + 2;

@@ -11,14 +11,14 @@
 //! is why lmscope carries this one; other types and CPUs without AVX512-VNNI use candle's
 //! `QMatMul`.
 
+use super::avx512::{RowScales, Q4_0, Q4_1, Q8_0};
 use super::blocks::{BlockMatrix, BlockType, BLOCK};
-use super::simd::{RowScales, Q4_0, Q4_1, Q8_0};
 use half::f16;
 use std::arch::x86_64::*;
 
 /// Whether this CPU runs the kernel of this module.
 pub fn available() -> bool {
-    super::simd::available()
+    super::avx512::available()
         && is_x86_feature_detected!("avx512vnni")
         && is_x86_feature_detected!("avx512vl")
         && is_x86_feature_detected!("avx2")
@@ -180,7 +180,7 @@ unsafe fn dot_rows_k<const K: u8>(w: &BlockMatrix, x: &Q8Rows, first: usize, out
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::blocks::quantized;
+    use crate::kernels::blocks::quantized;
     use candle_core::quantized::{GgmlDType, QMatMul};
     use candle_core::{Device, Module, Tensor};
 
@@ -206,7 +206,10 @@ mod tests {
                             &Tensor::zeros((1, 32), candle_core::DType::F32, &Device::Cpu).unwrap(),
                         )
                         .unwrap();
-                    let ours = BlockMatrix::matmul_t_int8_many(&[&w], &x).unwrap().pop().unwrap();
+                    let ours = crate::kernels::products::matmul_t_int8_many(&[&w], &x)
+                        .unwrap()
+                        .pop()
+                        .unwrap();
                     let theirs = candle.forward(&x).unwrap();
                     let scale =
                         theirs.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
@@ -235,7 +238,7 @@ mod tests {
             let x: Vec<f32> =
                 Tensor::randn(0f32, 2.0, cols, &Device::Cpu).unwrap().to_vec1().unwrap();
             let q = Q8Rows::quantize(&x, 1, cols);
-            let ours = BlockMatrix::matmul_t_int8_many(
+            let ours = crate::kernels::products::matmul_t_int8_many(
                 &[&w],
                 &Tensor::from_vec(x.clone(), (1, cols), &Device::Cpu).unwrap(),
             )

@@ -1,0 +1,152 @@
+//! The plain-Rust kernels: what lmscope computes where no SIMD kernel runs (the `portable`
+//! backend), and the twins every SIMD kernel is tested against. No `std::arch` here.
+
+use super::blocks::{prefetch, BlockMatrix, BLOCK, PREFETCH_ROWS};
+
+/// Queries of one head that the attention kernels take together (they share each load of keys
+/// and values).
+pub const QUERY_BLOCK: usize = 4;
+
+/// Computes `out[(j - first) * m + i] = W[j] · x[i]` for the rows j this slice covers (x is
+/// (m, cols), xs its [`lane_sums`]).
+pub fn dot_rows(w: &BlockMatrix, x: &[f32], xs: &[f32], m: usize, first: usize, out: &mut [f32]) {
+    dot_rows_generic::<false>(w, x, xs, m, first, out);
+}
+
+/// The kernel. A block's weights are `d * q + m`, so its dot product with x is
+/// `d * (q . x) + m * sum(x)`: per block, the 32 small integers q are turned into floats and
+/// multiplied with x in 8 lanes (one SIMD register), then scaled by d, and the precomputed lane
+/// sums of x are scaled by m. This is the dot product with the dequantized weights, rounded in
+/// another order (as any other matrix library would).
+#[inline(always)]
+pub fn dot_rows_generic<const FMA: bool>(
+    w: &BlockMatrix,
+    x: &[f32],
+    xs: &[f32],
+    m: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    let fma = |a: f32, b: f32, c: f32| if FMA { a.mul_add(b, c) } else { a * b + c };
+    let k = w.cols;
+    let blocks = k / BLOCK;
+    let bb = w.kind.block_bytes();
+    let rb = w.row_bytes();
+    let data = w.bytes.as_slice();
+    let mut q = [0f32; BLOCK];
+    let mut acc = vec![[0f32; 8]; m];
+    for (local, outs) in out.chunks_exact_mut(m).enumerate() {
+        let row = &data[(first + local) * rb..(first + local + 1) * rb];
+        prefetch(data, (first + local + PREFETCH_ROWS) * rb, rb);
+        acc.iter_mut().for_each(|a| *a = [0.0; 8]);
+        for b in 0..blocks {
+            let block = &row[b * bb..(b + 1) * bb];
+            let (d, offset) = w.kind.integers(block, &mut q);
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xb: &[f32; BLOCK] =
+                    x[i * k + b * BLOCK..i * k + (b + 1) * BLOCK].try_into().expect("a block");
+                let mut p = [0f32; 8];
+                for g in 0..4 {
+                    for e in 0..8 {
+                        p[e] = fma(q[g * 8 + e], xb[g * 8 + e], p[e]);
+                    }
+                }
+                let sums = &xs[(i * blocks + b) * 8..(i * blocks + b + 1) * 8];
+                for e in 0..8 {
+                    a[e] = fma(d, p[e], a[e]);
+                    if let Some(offset) = offset {
+                        a[e] = fma(offset, sums[e], a[e]);
+                    }
+                }
+            }
+        }
+        for (o, a) in outs.iter_mut().zip(&acc) {
+            *o = a.iter().sum();
+        }
+    }
+}
+
+/// Per input row and block, the 8 lane sums of x: `xs[(i * blocks + b) * 8 + e]` =
+/// sum over g of `x[i][32b + 8g + e]`. Q4_1's offset m multiplies these.
+pub fn lane_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let blocks = k / BLOCK;
+    let mut sums = vec![0f32; m * blocks * 8];
+    for (xb, s) in x.chunks_exact(BLOCK).zip(sums.chunks_exact_mut(8)) {
+        for e in 0..8 {
+            s[e] = (xb[e] + xb[8 + e]) + (xb[16 + e] + xb[24 + e]);
+        }
+    }
+    sums
+}
+
+/// silu(gate) * up, element by element (the twin of `avx512::silu_mul`).
+pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = g / (1.0 + (-g).exp()) * u;
+    }
+}
+
+/// RMSNorm of one row of c values: `x / sqrt(mean(x^2) + eps) * w` (the arithmetic of candle's
+/// f32 rms_norm, with the squares summed in 16 running sums instead of one).
+#[inline(always)]
+pub fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let c = x.len();
+    let mut sums = [0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+    for chunk in chunks {
+        for (s, v) in sums.iter_mut().zip(chunk) {
+            *s += v * v;
+        }
+    }
+    let m = ((sums.iter().sum::<f32>() + tail) / c as f32 + eps).sqrt();
+    for ((o, &v), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v / m * w;
+    }
+}
+
+/// One query's attention (the twin of `avx512::attention_rows`): its scores against
+/// every key (keys_t is (d, s)), scaled and masked, softmax into `probs` (s), and the weighted
+/// sum of the values (s, d) into `out` (d, zeros on entry).
+pub fn attention_row(
+    query: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let (s, d) = (probs.len(), out.len());
+    // q k^T: p[j] = sum over e of q[e] k[j][e], in order of e
+    for (e, &qe) in query.iter().enumerate() {
+        for (pj, &kj) in probs.iter_mut().zip(&keys_t[e * s..(e + 1) * s]) {
+            *pj += qe * kj;
+        }
+    }
+    // * scaling + causal_mask
+    match mask {
+        Some(m) => probs.iter_mut().zip(m).for_each(|(pj, &mj)| *pj = *pj * scale + mj),
+        None => probs.iter_mut().for_each(|pj| *pj *= scale),
+    }
+    softmax(probs);
+    // probs @ v
+    for (j, &pj) in probs.iter().enumerate() {
+        if pj != 0.0 {
+            for (oe, &ve) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+                *oe += pj * ve;
+            }
+        }
+    }
+}
+
+/// row = softmax(row), -inf entries giving 0 (the twin of `avx512::softmax`).
+pub fn softmax(row: &mut [f32]) {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in row.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    row.iter_mut().for_each(|v| *v /= sum);
+}

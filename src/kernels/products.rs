@@ -1,0 +1,354 @@
+//! `x @ W.T` for GGUF block matrices: which kernel runs for which input, in which parallel
+//! loop. A few input rows (decoding, short prompts) go row by row through the blocks, each block
+//! read once for all inputs (`dot_rows`); many input rows (long prompts) a panel of weight rows
+//! at a time (`panel_rows`, on AMX tiles or AVX-512 registers), or, on the portable backends, as
+//! candle's GEMM on the dequantized matrix. Every kernel computes the dot products of the
+//! dequantized weights with the f32 inputs; they differ only in the order of the additions.
+
+use super::blocks::BlockMatrix;
+use super::{portable, team, Backend};
+use anyhow::{bail, Context, Result};
+use candle_core::{Device, Tensor};
+
+/// Above this many input rows, the products switch from the row-by-row kernel (which reads each
+/// block once for all inputs) to the register-blocked panel kernel (`avx512::panel_rows`, `amx::panel_rows`), or,
+/// without AVX-512, to candle's GEMM on the dequantized matrix.
+const GEMM_ROWS: usize = 8;
+
+/// Products with fewer multiply-adds than this run on the calling thread.
+const SERIAL_WORK: usize = 1 << 18;
+
+/// y = x @ W.T for x: (m, cols) f32 -> (m, rows).
+pub fn matmul_t(w: &BlockMatrix, x: &Tensor) -> Result<Tensor> {
+    Ok(matmul_t_many(&[w], x)?.pop().expect("one product"))
+}
+
+/// y_i = x @ W_i.T for several matrices of the same input (q, k and v; gate and up): one
+/// parallel region instead of one per matrix, which saves thread wake-ups when decoding.
+/// x: (m, cols) f32 -> (m, rows_i) each.
+pub fn matmul_t_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    matmul_t_many_on(super::backend(), ws, x)
+}
+
+/// [`matmul_t_many`] on the given backend's kernels (the tests run each backend's).
+pub fn matmul_t_many_on(backend: Backend, ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    if x.dims2()?.0 > GEMM_ROWS && !own_kernels_for_many_rows(backend) {
+        check_input(ws, x)?;
+        return dequantized_products(ws, x);
+    }
+    products(ws, x, |x, m, _| {
+        if m <= GEMM_ROWS {
+            dot_products(backend, ws, x, m)
+        } else {
+            panel_products(backend, ws, x, m)
+        }
+    })
+}
+
+/// y_i = x @ W_i.T in ggml's quantized arithmetic (activations rounded to 8 bits per block;
+/// see `vnni.rs`), for `--quantized`. x: (m, cols) f32 -> (m, rows_i) each.
+#[cfg(target_arch = "x86_64")]
+pub fn matmul_t_int8_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    products(ws, x, |x, m, k| {
+        let q = super::vnni::Q8Rows::quantize(x, m, k);
+        by_rows(ws, m, |w, first, out| super::vnni::dot_rows(w, &q, first, out))
+    })
+}
+
+/// (m, k) of the input x, which must have as many columns as every matrix.
+fn check_input(ws: &[&BlockMatrix], x: &Tensor) -> Result<(usize, usize)> {
+    let (m, k) = x.dims2()?;
+    if let Some(w) = ws.iter().find(|w| w.cols != k) {
+        bail!("input has {k} features, the matrix {}", w.cols);
+    }
+    Ok((m, k))
+}
+
+/// Checks x and runs `compute(x's values, m, k)`, which returns each product as (m, rows_i)
+/// values, row-major; returns them as tensors. With no matrices or no input rows there is nothing
+/// to compute.
+fn products(
+    ws: &[&BlockMatrix],
+    x: &Tensor,
+    compute: impl FnOnce(&[f32], usize, usize) -> Vec<Vec<f32>>,
+) -> Result<Vec<Tensor>> {
+    let (m, k) = check_input(ws, x)?;
+    let outs = if ws.is_empty() || m == 0 {
+        ws.iter().map(|_| Vec::new()).collect()
+    } else {
+        // The input's own values (to_dtype and contiguous copy only when they must).
+        let x = x.to_dtype(candle_core::DType::F32)?.contiguous()?;
+        super::rows::with_f32(&x, |values| compute(values, m, k))
+            .context("block-matrix products need the input on the CPU")?
+    };
+    ws.iter()
+        .zip(outs)
+        .map(|(w, out)| Ok(Tensor::from_vec(out, (m, w.rows), &Device::Cpu)?))
+        .collect()
+}
+
+/// x @ W_i.T for many input rows, a panel of weight rows at a time: on AMX (`amx.rs`) with the
+/// `amx` backend, else dequantized panels on AVX-512 (`avx512.rs`). (m, rows_i) each, row-major.
+#[cfg(target_arch = "x86_64")]
+fn panel_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let k = x.len() / m;
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    if backend >= Backend::Amx {
+        use super::amx::{panel_rows, Packed, NR};
+        let packed = Packed::new(x, m, k); // once for all the matrices
+                                           // SAFETY: amx::panel_rows writes every value of its window (its tests check them all).
+        return unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) };
+    }
+    use super::avx512::{panel_rows, Packed, NR};
+    let packed = Packed::new(x, m, k);
+    // SAFETY: avx512::panel_rows writes every value of its window (its tests check them all).
+    unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) }
+}
+
+/// Runs `kernel(w, window)` over windows of columns of every product (from large to small, each
+/// a multiple of `step` wide but a matrix's last, all in one parallel loop) and returns the products,
+/// (m, rows_i) each, row-major. The outputs start uninitialized (zeroing them cost about as
+/// much as packing the inputs).
+///
+/// # Safety
+/// `kernel` must write every value of the window it is given.
+#[cfg(target_arch = "x86_64")]
+unsafe fn by_windows(
+    ws: &[&BlockMatrix],
+    m: usize,
+    step: usize,
+    kernel: impl Fn(&BlockMatrix, &mut super::avx512::Columns) + Sync,
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(m * w.rows)).collect();
+    // Windows from large to small ("guided" scheduling): each takes 1 / (2 x threads) of the
+    // steps left, so the threads start on big pieces and end on small ones, and the last to
+    // finish waits little for the others.
+    let threads = team::threads();
+    let mut left: usize = ws.iter().map(|w| w.rows.div_ceil(step)).sum();
+    let mut windows = Vec::new();
+    for (w, out) in ws.iter().zip(&mut outs) {
+        let mut widths = Vec::new();
+        let mut here = w.rows.div_ceil(step);
+        while here > 0 {
+            let steps = left.div_ceil(2 * threads).min(here);
+            widths.push(steps * step);
+            (here, left) = (here - steps, left - steps);
+        }
+        let spare = &mut out.spare_capacity_mut()[..m * w.rows];
+        let columns = super::avx512::column_windows_sized(spare, m, w.rows, &widths);
+        windows.extend(columns.into_iter().map(|c| (*w, c)));
+    }
+    team::for_each_item(&mut windows, |(w, window)| kernel(w, window));
+    for (w, out) in ws.iter().zip(&mut outs) {
+        // SAFETY: the windows cover every column of every row, and the kernel writes each value
+        // of its window (the caller's promise).
+        unsafe { out.set_len(m * w.rows) };
+    }
+    outs
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn panel_products(_: Backend, _: &[&BlockMatrix], _: &[f32], _: usize) -> Vec<Vec<f32>> {
+    unreachable!("the panel kernel exists only on x86-64")
+}
+
+/// x @ W_i.T for many input rows on the backends without a panel kernel: each matrix dequantized
+/// (bit for bit) and multiplied with candle's GEMM. x: (m, cols) -> (m, rows_i) each.
+fn dequantized_products(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    ws.iter().map(|w| Ok(x.matmul(&w.dequantize(&Device::Cpu)?.t()?)?)).collect()
+}
+
+/// x @ W_i.T for a few input rows, read straight from the blocks: (m, rows_i) each, row-major.
+fn dot_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+    let k = x.len() / m;
+    #[cfg(target_arch = "x86_64")]
+    if backend >= Backend::Avx512 {
+        let sums = super::avx512::block_sums(x, k);
+        return by_rows(ws, m, |w, first, out| super::avx512::dot_rows(w, x, &sums, m, first, out));
+    }
+    let sums = portable::lane_sums(x, m, k);
+    #[cfg(target_arch = "x86_64")]
+    if backend >= Backend::Avx2 {
+        return by_rows(ws, m, |w, first, out| super::avx2::dot_rows(w, x, &sums, m, first, out));
+    }
+    by_rows(ws, m, |w, first, out| portable::dot_rows(w, x, &sums, m, first, out))
+}
+
+/// Runs `kernel(w, first, out_t)` over the rows of every matrix, in tasks of whole rows (all of
+/// them in one parallel region), where out_t is (rows of the task, m); returns each matrix's
+/// results as (m, rows), row-major.
+fn by_rows(
+    ws: &[&BlockMatrix],
+    m: usize,
+    kernel: impl Fn(&BlockMatrix, usize, &mut [f32]) + Sync,
+) -> Vec<Vec<f32>> {
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows * m]).collect();
+    let work: usize = ws.iter().map(|w| w.rows * w.cols * m).sum();
+    if work < SERIAL_WORK {
+        // Waking the other threads would cost more than the work.
+        for (w, out) in ws.iter().zip(&mut outs) {
+            kernel(w, 0, out);
+        }
+    } else {
+        // Tasks from large to small, as in `by_windows`: 1 / (2 x threads) of the rows left,
+        // 16 to 1024 rows.
+        let threads = team::threads();
+        let mut left: usize = ws.iter().map(|w| w.rows).sum();
+        let mut tasks = Vec::new();
+        for (w, out) in ws.iter().zip(&mut outs) {
+            let (mut first, mut rest) = (0, out.as_mut_slice());
+            while first < w.rows {
+                let rows = left.div_ceil(2 * threads).clamp(16, 1024).min(w.rows - first);
+                let (chunk, tail) = rest.split_at_mut(rows * m);
+                tasks.push((*w, first, chunk));
+                (first, rest, left) = (first + rows, tail, left.saturating_sub(rows));
+            }
+        }
+        team::for_each_item(&mut tasks, |(w, first, out)| kernel(w, *first, out));
+    }
+    if m == 1 {
+        return outs;
+    }
+    ws.iter()
+        .zip(outs)
+        .map(|(w, out_t)| {
+            let mut out = vec![0f32; m * w.rows];
+            for (j, row) in out_t.chunks_exact(m).enumerate() {
+                for (i, &v) in row.iter().enumerate() {
+                    out[i * w.rows + j] = v;
+                }
+            }
+            out
+        })
+        .collect()
+}
+
+/// Whether products of many input rows run on lmscope's kernels (else candle's GEMM, on the
+/// dequantized matrix).
+pub fn own_kernels_for_many_rows(backend: Backend) -> bool {
+    cfg!(target_arch = "x86_64") && backend >= Backend::Avx512
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::blocks::{quantized, BlockBytes, BlockType};
+    use candle_core::quantized::GgmlDType;
+    use std::sync::Arc;
+
+    /// Max |a - b| over two tensors of the same shape.
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    // Shapes that hit every edge of the kernels: rows that do not fill a panel, more than 16
+    // blocks per row (scales converted in groups of 16), 1..=8 inputs (one kernel each) and
+    // longer inputs that do not fill the panel kernel's 32-row step.
+    const SHAPES: [(usize, usize); 3] = [(300, 96), (37, 608), (5, 32)];
+    const INPUTS: [usize; 12] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 20, 33, 40];
+
+    #[test]
+    fn fused_product_equals_dequantize_then_matmul() {
+        for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols) in SHAPES {
+                let (q, m) = quantized(kind, rows, cols);
+                let w = q.dequantize(&Device::Cpu).unwrap();
+                for inputs in INPUTS {
+                    let x = Tensor::randn(0f32, 1.0, (inputs, cols), &Device::Cpu).unwrap();
+                    let ours = matmul_t(&m, &x).unwrap();
+                    let reference = x.matmul(&w.t().unwrap()).unwrap();
+                    // f32 rounding grows with the size of the summed terms, |x| . |w|: allowed
+                    // 16 roundings of it (a random-walk sum of 608 terms stays near 4).
+                    let size = x.abs().unwrap().matmul(&w.abs().unwrap().t().unwrap()).unwrap();
+                    let excess = ((&ours - &reference).unwrap().abs().unwrap()
+                        - (size * (16.0 * f32::EPSILON as f64)).unwrap())
+                    .unwrap();
+                    let worst = excess.max_all().unwrap().to_scalar::<f32>().unwrap();
+                    let diff = max_diff(&ours, &reference);
+                    assert!(worst <= 0.0, "{kind:?} {rows}x{cols}, {inputs} inputs: {diff}");
+                }
+            }
+        }
+    }
+
+    /// The portable kernel, which machines without AVX-512 run, checked on every machine.
+    #[test]
+    fn generic_kernel_equals_dequantize_then_matmul() {
+        for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols) in SHAPES {
+                let (q, m) = quantized(kind, rows, cols);
+                let w = q.dequantize(&Device::Cpu).unwrap();
+                for inputs in 1..=GEMM_ROWS {
+                    let x = Tensor::randn(0f32, 1.0, (inputs, cols), &Device::Cpu).unwrap();
+                    let xs: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+                    let sums = portable::lane_sums(&xs, inputs, cols);
+                    let mut out_t = vec![0f32; rows * inputs];
+                    portable::dot_rows(&m, &xs, &sums, inputs, 0, &mut out_t);
+                    let ours = Tensor::from_vec(out_t, (rows, inputs), &Device::Cpu).unwrap();
+                    let reference = w.matmul(&x.t().unwrap()).unwrap();
+                    let diff = max_diff(&ours, &reference);
+                    assert!(diff < 1e-4, "{kind:?} {rows}x{cols}, {inputs} inputs: {diff}");
+                }
+            }
+        }
+    }
+
+    /// The long-input path of CPUs without AVX-512, checked on every machine.
+    #[test]
+    fn dequantized_products_equal_dequantize_then_matmul() {
+        let (q, m) = quantized(GgmlDType::Q4_1, 37, 608);
+        let w = q.dequantize(&Device::Cpu).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (20, 608), &Device::Cpu).unwrap();
+        let ours = dequantized_products(&[&m], &x).unwrap().pop().unwrap();
+        let reference = x.matmul(&w.t().unwrap()).unwrap();
+        assert_eq!(max_diff(&ours, &reference), 0.0);
+    }
+
+    #[test]
+    fn no_input_rows_give_an_empty_product() {
+        let (_, m) = quantized(GgmlDType::Q4_1, 37, 64);
+        let x = Tensor::zeros((0, 64), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let y = matmul_t(&m, &x).unwrap();
+        assert_eq!(y.dims(), [0, 37]);
+        #[cfg(target_arch = "x86_64")]
+        if super::super::vnni::available() {
+            let y = matmul_t_int8_many(&[&m], &x).unwrap().pop().unwrap();
+            assert_eq!(y.dims(), [0, 37]);
+        }
+    }
+
+    #[test]
+    fn a_matrix_without_rows_gives_empty_products_and_one_without_columns_is_refused() {
+        let empty =
+            BlockMatrix::new(BlockType::Q4_1, 0, 64, BlockBytes::Owned(Arc::new(Vec::new())))
+                .unwrap();
+        for inputs in [1, 20] {
+            let x = Tensor::randn(0f32, 1.0, (inputs, 64), &Device::Cpu).unwrap();
+            assert_eq!(matmul_t(&empty, &x).unwrap().dims(), [inputs, 0]);
+        }
+        let no_columns =
+            BlockMatrix::new(BlockType::Q8_0, 3, 0, BlockBytes::Owned(Arc::new(Vec::new())));
+        assert!(no_columns.is_err());
+    }
+
+    /// Every backend's kernels this CPU runs against the portable backend's, for few and many
+    /// input rows (the panel kernels, AMX included, and their twin, candle's GEMM on the
+    /// dequantized matrix).
+    #[test]
+    fn every_backends_products_equal_the_portable_ones() {
+        for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            let (_, m) = quantized(kind, 300, 96);
+            for inputs in [1, 3, 8, 9, 40, 130] {
+                let x = Tensor::randn(0f32, 1.0, (inputs, 96), &Device::Cpu).unwrap();
+                let portable = matmul_t_many_on(Backend::Portable, &[&m], &x).unwrap();
+                for backend in Backend::all_available() {
+                    let ours = matmul_t_many_on(backend, &[&m, &m], &x).unwrap();
+                    for y in &ours {
+                        let diff = max_diff(y, &portable[0]);
+                        assert!(diff < 1e-4, "{backend} {kind:?} {inputs} inputs: {diff}");
+                    }
+                }
+            }
+        }
+    }
+}

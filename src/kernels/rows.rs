@@ -1,0 +1,175 @@
+//! Row-wise ops on f32 tensors, each in one parallel pass over the rows (tasks of whole rows on
+//! [`team`]): the fast versions of the model's RMSNorm, residual add, SwiGLU gate, head split and
+//! RoPE. Each returns `Ok(None)` where it does not apply (another dtype or layout, or the
+//! `reference` backend), and the model then computes its formula. The arithmetic is the
+//! formula's, so the values agree with it (to the last bit where the order of additions is the
+//! same; the tests in `src/model/ops.rs` compare them).
+
+use super::{portable, team, uses, Backend};
+use candle_core::{DType, Result, Tensor, D};
+
+/// Whether the fast row ops run (every backend but `reference`).
+fn enabled() -> bool {
+    uses(Backend::Portable)
+}
+
+/// Rows per task of a row-wise loop: about four tasks per thread, at least 16 rows each.
+fn row_chunk(rows: usize) -> usize {
+    rows.div_ceil(4 * team::threads()).max(16)
+}
+
+/// A new f32 buffer of `rows` rows of `width` values, `row(i, out)` writing row i, rows in
+/// parallel (tasks of `row_chunk` rows).
+pub fn rows_f32(rows: usize, width: usize, row: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let per_task = row_chunk(rows);
+    team::chunks_f32(rows * width, (per_task * width).max(1), |c, out| {
+        for (i, out) in out.chunks_exact_mut(width.max(1)).enumerate() {
+            row(c * per_task + i, out);
+        }
+    })
+}
+
+/// RMSNorm of each row of x (.., c) with weight (c): [`portable::rms_norm_row`] per row.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    let c = x.dim(D::Minus1)?;
+    if !enabled() || weight.dtype() != DType::F32 || c == 0 || weight.elem_count() != c {
+        return Ok(None);
+    }
+    let normed = with_f32(x, |x| {
+        with_f32(weight, |w| {
+            rows_f32(x.len() / c, c, |i, out| {
+                portable::rms_norm_row(&x[i * c..][..c], w, eps as f32, out)
+            })
+        })
+    });
+    normed.flatten().map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()
+}
+
+/// x + y for tensors of the same shape (a residual add).
+pub fn add(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
+    if !enabled() || x.shape() != y.shape() || x.elem_count() == 0 {
+        return Ok(None);
+    }
+    let chunk = 1 << 14;
+    let sum = with_f32(x, |x| {
+        with_f32(y, |y| {
+            team::chunks_f32(x.len(), chunk, |c, out| {
+                let (x, y) = (&x[c * chunk..][..out.len()], &y[c * chunk..][..out.len()]);
+                for ((o, &a), &b) in out.iter_mut().zip(x).zip(y) {
+                    *o = a + b;
+                }
+            })
+        })
+    });
+    sum.flatten().map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()
+}
+
+/// silu(gate) * up for tensors of the same shape: AVX-512's vectorised exp where the backend
+/// has it, else [`portable::silu_mul`].
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    if !enabled() || gate.shape() != up.shape() {
+        return Ok(None);
+    }
+    let chunk = 1 << 14;
+    let simd = uses(Backend::Avx512);
+    let out = with_f32(gate, |gate| {
+        with_f32(up, |up| {
+            team::chunks_f32(gate.len(), chunk, |c, out| {
+                let (g, u) = (&gate[c * chunk..][..out.len()], &up[c * chunk..][..out.len()]);
+                #[cfg(target_arch = "x86_64")]
+                if simd {
+                    return super::avx512::silu_mul(g, u, out);
+                }
+                portable::silu_mul(g, u, out)
+            })
+        })
+    });
+    out.flatten().map(|v| Tensor::from_vec(v, gate.shape(), gate.device())).transpose()
+}
+
+/// (b, t, heads * d) -> (b, heads, t, d) contiguous, `view(b, t, heads, d).transpose(1, 2)`,
+/// in one parallel copy (tasks of rows) instead of candle's element-by-element one.
+pub fn split_heads(x: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+    let (b, t, hd) = x.dims3()?;
+    if !enabled() || heads == 0 || hd % heads != 0 || x.elem_count() == 0 {
+        return Ok(None);
+    }
+    let d = hd / heads;
+    let split = with_f32(x, |x| {
+        rows_f32(b * heads * t, d, |row, out| {
+            let (bh, i) = (row / t, row % t);
+            let (bi, head) = (bh / heads, bh % heads);
+            out.copy_from_slice(&x[(bi * t + i) * hd + head * d..][..d]);
+        })
+    });
+    split.map(|v| Tensor::from_vec(v, (b, heads, t, d), x.device())).transpose()
+}
+
+/// Rotary embeddings in the half-split layout on x (b, heads, t, d) with cos, sin (t, d/2):
+/// `x[e] cos - x[e + d/2] sin` and `x[e] sin + x[e + d/2] cos` for each pair, rows in parallel.
+pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    let (b, heads, t, d) = x.dims4()?;
+    if !enabled() || d % 2 == 1 || x.elem_count() == 0 {
+        return Ok(None);
+    }
+    let half = d / 2;
+    let rotated = with_f32(x, |x| {
+        with_f32(cos, |cos| {
+            with_f32(sin, |sin| {
+                if cos.len() != t * half || sin.len() != cos.len() {
+                    return None;
+                }
+                Some(rows_f32(b * heads * t, d, |row, out| {
+                    let i = row % t;
+                    let src = &x[row * d..][..d];
+                    let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                    let (first, second) = out.split_at_mut(half);
+                    for e in 0..half {
+                        first[e] = src[e] * cos[e] - src[e + half] * sin[e];
+                        second[e] = src[e] * sin[e] + src[e + half] * cos[e];
+                    }
+                }))
+            })
+        })
+    });
+    let rotated = rotated.flatten().flatten().flatten();
+    rotated.map(|v| Tensor::from_vec(v, (b, heads, t, d), x.device())).transpose()
+}
+
+/// Runs `f(values, head_stride)` on an f32 CPU tensor (b, heads, s, d) whose heads each hold
+/// their s x d values contiguously, head i (of the b * heads) at `values[i * head_stride..]`, as
+/// in a contiguous tensor or a KV cache's buffer cut to its first s positions (no copy); None
+/// for any other tensor.
+pub fn with_heads_f32<R>(t: &Tensor, f: impl FnOnce((&[f32], usize)) -> R) -> Option<R> {
+    let (b, heads, s, d) = t.dims4().ok()?;
+    let (storage, layout) = t.storage_and_layout();
+    let stride = layout.stride();
+    let rows_contiguous = (s <= 1 || stride[2] == d) && (d <= 1 || stride[3] == 1);
+    let heads_even = b <= 1 || stride[0] == heads * stride[1];
+    if t.dtype() != DType::F32 || !rows_contiguous || !heads_even || t.elem_count() == 0 {
+        return None;
+    }
+    let start = layout.start_offset();
+    let head_stride = if b * heads > 1 { stride[1] } else { s * d };
+    let end = start + (b * heads - 1) * head_stride + s * d;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) if end <= v.len() => {
+            Some(f((&v[start..end], head_stride)))
+        }
+        _ => None,
+    }
+}
+
+/// Runs `f` on the values of an f32 tensor held contiguously on the CPU (no copy); None for any
+/// other tensor.
+pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != DType::F32 {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout.contiguous_offsets()?;
+    match &*storage {
+        candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(f(&v[start..end])),
+        _ => None,
+    }
+}

@@ -1,0 +1,97 @@
+//! Every backend this CPU runs gives the reference backend's numbers (the model's plain formulas
+//! on candle tensors): logits within 1e-4 on the tiny fixture (safetensors and GGUF) and on the
+//! real SmolLM2 GGUF, for a short prompt (the decode kernels) and a long one (the many-row
+//! kernels: AMX or AVX-512 panels, or candle's GEMM), and the same greedy tokens.
+
+mod common;
+
+use common::{lmscope, real_model, repo_path};
+use lmscope::kernels::Backend;
+
+const LONG: &str =
+    "Helsinki is the capital and most populous city of Finland. Located on the shore \
+    of the Gulf of Finland, it is the seat of the region of Uusimaa in southern Finland.";
+
+fn run(backend: Backend, args: &[&str]) -> serde_json::Value {
+    let out = lmscope()
+        .env("LMSCOPE_KERNELS", backend.name())
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("lmscope runs");
+    assert!(out.status.success(), "{backend} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON document")
+}
+
+fn logits(backend: Backend, model: &str, text: &str, position: &str) -> Vec<f64> {
+    let args = ["--model", model, "logits", text, "--full", "--position", position];
+    let r = run(backend, &args);
+    r["logits"]
+        .as_array()
+        .expect("--full gives the row")
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
+fn compare_backends(model: &str) {
+    let backends = Backend::all_available();
+    assert!(backends.len() >= 2, "at least reference and portable run everywhere");
+    for (text, position) in [("The capital of Finland is", "-1"), (LONG, "-1"), (LONG, "3")] {
+        let reference = logits(Backend::Reference, model, text, position);
+        for &backend in &backends[1..] {
+            let fast = logits(backend, model, text, position);
+            assert_eq!(fast.len(), reference.len());
+            let diff = fast.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+            eprintln!(
+                "{model}: {backend} vs reference, {} chars, position {position}: {diff:.2e}",
+                text.len()
+            );
+            assert!(diff <= 1e-4, "{model} {backend}: max |logit difference| {diff} > 1e-4");
+        }
+    }
+    let greedy = |backend| {
+        let r = run(
+            backend,
+            &["--model", model, "generate", "The capital of Finland is", "--max-new-tokens", "12"],
+        );
+        r["new_ids"].clone()
+    };
+    let reference = greedy(Backend::Reference);
+    for &backend in &backends[1..] {
+        assert_eq!(greedy(backend), reference, "{model}: greedy tokens on {backend}");
+    }
+}
+
+#[test]
+fn every_backend_equals_the_reference_on_the_tiny_fixture() {
+    compare_backends(repo_path("fixtures/tiny-llama").to_str().unwrap());
+    compare_backends(repo_path("fixtures/tiny-llama-q8_0.gguf").to_str().unwrap());
+}
+
+#[test]
+fn every_backend_equals_the_reference_on_the_real_model() {
+    compare_backends(real_model().to_str().unwrap());
+}
+
+#[test]
+fn an_unknown_or_unavailable_backend_is_a_clear_error() {
+    let out = lmscope()
+        .env("LMSCOPE_KERNELS", "sse9")
+        .args(["--model", "fixtures/tiny-llama", "tokenize", "hi"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.starts_with("error: LMSCOPE_KERNELS=sse9 is not a backend (one of reference, portable, avx2, avx512, amx)"), "{stderr}");
+    if let Some(missing) = Backend::ALL.into_iter().find(|b| !b.available()) {
+        let out = lmscope()
+            .env("LMSCOPE_KERNELS", missing.name())
+            .args(["--model", "fixtures/tiny-llama", "tokenize", "hi"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr.contains("this CPU does not run"), "{stderr}");
+    }
+}
