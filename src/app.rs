@@ -17,14 +17,43 @@ use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
 use std::io::Write;
 
-/// What stays loaded between commands: the model of the last command that needed one, keyed by
-/// the options that chose it. It is never dropped: freeing the tokenizer's hundred thousand small
-/// allocations and the weights' maps at exit would take 10-20 ms of a command that otherwise
-/// takes about 130, and the operating system reclaims it all anyway.
+/// What stays loaded between commands: every model a command needed, keyed by the options that
+/// chose it (a repl that goes back and forth between two models loads each once). Models are never
+/// dropped: freeing the tokenizer's hundred thousand small allocations and the weights' maps at
+/// exit would take 10-20 ms of a command that otherwise takes about 130, and the operating system
+/// reclaims it all anyway.
 #[derive(Default)]
 pub struct Session {
-    loaded: Option<(ModelKey, &'static load::LoadedModel)>,
+    loaded: Vec<(ModelKey, &'static load::LoadedModel)>,
     tokenizer: Option<(ModelKey, &'static Tokenizer)>,
+    /// The candidates of the last command that ranked next tokens, for the repl's `:pick`.
+    ranking: Option<Ranking>,
+    /// Counts the rankings set, so a caller can tell whether a command set one.
+    rankings_set: u64,
+}
+
+/// The next-token candidates of the last command that ranked them (`logits`: its top-k;
+/// `argmax`: the chosen token and the runner-up of the first step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ranking {
+    /// The text whose next token is ranked.
+    pub text: String,
+    /// Its token ids.
+    pub ids: Vec<u32>,
+    /// The position whose next token is ranked: the last one (`ids.len() - 1`) unless
+    /// `logits --position` chose another.
+    pub position: usize,
+    /// Best first.
+    pub candidates: Vec<Candidate>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub id: u32,
+    /// The vocabulary string (`ĠHelsinki`).
+    pub token: String,
+    /// The exact bytes of the token (` Helsinki`).
+    pub bytes: Vec<u8>,
 }
 
 /// The global options that decide which model is loaded and how.
@@ -55,13 +84,11 @@ impl Session {
     /// The model the global options name, loaded once per session.
     pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static load::LoadedModel> {
         let key = ModelKey::of(g)?;
-        if let Some((k, m)) = &self.loaded {
-            if *k == key {
-                return Ok(m);
-            }
+        if let Some((_, m)) = self.loaded.iter().find(|(k, _)| *k == key) {
+            return Ok(m);
         }
         let m = load_model(g)?;
-        self.loaded = Some((key, m));
+        self.loaded.push((key, m));
         Ok(m)
     }
 
@@ -69,10 +96,8 @@ impl Session {
     /// the options name).
     pub fn tokenizer(&mut self, g: &GlobalArgs) -> Result<&'static Tokenizer> {
         let key = ModelKey::of(g)?;
-        if let Some((k, m)) = &self.loaded {
-            if *k == key {
-                return Ok(&m.tokenizer);
-            }
+        if let Some((_, m)) = self.loaded.iter().find(|(k, _)| *k == key) {
+            return Ok(&m.tokenizer);
         }
         if let Some((k, t)) = &self.tokenizer {
             if *k == key {
@@ -82,6 +107,23 @@ impl Session {
         let t: &'static Tokenizer = Box::leak(Box::new(load_tokenizer(g)?));
         self.tokenizer = Some((key, t));
         Ok(t)
+    }
+
+    /// The last ranking a command made, if any.
+    pub fn ranking(&self) -> Option<&Ranking> {
+        self.ranking.as_ref()
+    }
+
+    /// How many rankings commands have made: it changes when a command makes one.
+    pub fn rankings_set(&self) -> u64 {
+        self.rankings_set
+    }
+
+    /// Replaces the last ranking (a command that ranks next tokens calls this; the repl's `:back`
+    /// puts an earlier one back).
+    pub fn set_ranking(&mut self, ranking: Option<Ranking>) {
+        self.ranking = ranking;
+        self.rankings_set += 1;
     }
 }
 
@@ -132,11 +174,41 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 full: args.full,
                 temperature: args.temperature,
             };
-            render::logits(out, format, &logits::run(m, &req)?)?;
+            let r = logits::run(m, &req)?;
+            session.set_ranking(Some(Ranking {
+                text: r.input.clone(),
+                ids: r.ids.clone(),
+                position: r.position,
+                candidates: r
+                    .top
+                    .iter()
+                    .map(|t| Candidate { id: t.id, token: t.token.clone(), bytes: t.bytes.clone() })
+                    .collect(),
+            }));
+            render::logits(out, format, &r)?;
         }
         Command::Argmax(args) => {
             let m = session.model(g)?;
-            render::argmax(out, format, &generate::argmax_steps(m, &args.text, args.steps)?)?;
+            let r = generate::argmax_steps(m, &args.text, args.steps)?;
+            let first = &r.steps[0];
+            session.set_ranking(Some(Ranking {
+                text: args.text.clone(),
+                ids: r.prompt_ids.clone(),
+                position: r.prompt_ids.len() - 1,
+                candidates: vec![
+                    Candidate {
+                        id: first.id,
+                        token: first.token.clone(),
+                        bytes: first.bytes.clone(),
+                    },
+                    Candidate {
+                        id: first.runner_up_id,
+                        token: first.runner_up_token.clone(),
+                        bytes: m.tokenizer.describe(first.runner_up_id)?.bytes,
+                    },
+                ],
+            }));
+            render::argmax(out, format, &r)?;
         }
         Command::Embed(args) => {
             let m = session.model(g)?;
@@ -256,6 +328,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             out.flush()?;
         }
         Command::Man(args) => man_page(out, args.command.as_deref())?,
+        Command::Repl => crate::repl::run(cli, session, out)?,
     }
     Ok(())
 }

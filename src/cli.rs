@@ -139,6 +139,10 @@ pub enum Command {
     /// Print the manual page (roff) of lmscope or of one of its commands on stdout
     #[command(after_help = example(&["man | man -l -", "man generate > lmscope-generate.1"]))]
     Man(ManArgs),
+    /// A session that keeps the model loaded: every command as a line, :text, :set, :pick
+    /// (reads lines from standard input when it is not a terminal)
+    #[command(after_help = example(&["repl <<< 'logits \"The capital of Finland is\" -k 3'"]))]
+    Repl,
 }
 
 /// The "Examples:" block of a command's --help.

@@ -2,14 +2,15 @@
 
 use clap::Parser;
 use lmscope::app::{self, Session};
-use lmscope::cli::Cli;
+use lmscope::cli::{Cli, Command};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let start = std::time::Instant::now();
     lmscope::keep_freed_memory();
     let cli = Cli::parse();
-    let show_timings = cli.global.timings;
+    // The repl prints --timings for each line.
+    let show_timings = cli.global.timings && !matches!(cli.command, Command::Repl);
     if let Some(n) = cli.global.threads {
         // candle reads RAYON_NUM_THREADS for its GEMM; lmscope's kernels run on kernels::team,
         // which takes its size from rayon's global pool.
@@ -19,7 +20,7 @@ fn main() -> ExitCode {
     let stdout = std::io::stdout();
     let result = app::run(&cli, &mut Session::new(), &mut stdout.lock());
     if show_timings {
-        print_timings(start.elapsed());
+        eprintln!("{}", lmscope::timings::summary(start.elapsed()));
     }
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -32,16 +33,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// `--timings`: one line per stage on stderr.
-fn print_timings(total: std::time::Duration) {
-    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
-    let mut line = String::from("timings:");
-    for (name, d) in lmscope::timings::totals() {
-        line += &format!(" {name} {:.1} ms,", ms(d));
-    }
-    eprintln!("{line} total {:.1} ms (kernels: {})", ms(total), lmscope::kernels::backend());
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {

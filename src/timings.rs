@@ -37,3 +37,20 @@ pub fn record(name: &'static str, elapsed: Duration) {
 pub fn totals() -> Vec<(&'static str, Duration)> {
     SPANS.lock().map(|s| s.clone()).unwrap_or_default()
 }
+
+/// Forgets the recorded spans (the repl times each line on its own).
+pub fn reset() {
+    if let Ok(mut spans) = SPANS.lock() {
+        spans.clear();
+    }
+}
+
+/// `--timings`' line: each stage's total, then `total`.
+pub fn summary(total: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut line = String::from("timings:");
+    for (name, d) in totals() {
+        line += &format!(" {name} {:.1} ms,", ms(d));
+    }
+    format!("{line} total {:.1} ms (kernels: {})", ms(total), crate::kernels::backend())
+}

@@ -82,6 +82,8 @@ pub fn run(
     let mut steps = Vec::new();
     let mut stopped = "max_new_tokens";
     for _ in 0..req.max_new_tokens {
+        // Ctrl-C in the repl stops between tokens.
+        crate::interrupt::check()?;
         let logits: Vec<f32> = m.model.next_logits(&input, &mut cache)?.to_vec1()?;
         let step = choose(m, &logits, &req.strategy, rng.as_mut())?;
         on_step(&step)?;

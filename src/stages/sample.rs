@@ -138,6 +138,8 @@ pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
     let mut steps = Vec::new();
     let mut stopped = "steps";
     for step in 1..=req.steps {
+        // Ctrl-C in the repl stops between tokens.
+        crate::interrupt::check()?;
         let logits: Vec<f32> = m.model.next_logits(&input, &mut cache)?.to_vec1()?;
         let p = Pipeline::new(&logits, &req.settings);
         let u = rng.next_f64();
