@@ -11,10 +11,10 @@ use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
 use crate::stages::{
     attention, embed, generate, kv_check, lens, logits, model_info, sample, score, similarity,
-    space, tokenize,
+    space, tokenize, trace,
 };
 use crate::tokenizer::Tokenizer;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::io::Write;
 
 /// What stays loaded between commands: the model of the last command that needed one, keyed by
@@ -104,6 +104,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             | Command::Lens(_)
             | Command::Attention(_)
             | Command::KvCheck(_)
+            | Command::Trace(_)
     ) {
         note_quantized(g);
     }
@@ -243,6 +244,55 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             let m = session.model(g)?;
             render::kv_check(out, format, &kv_check::run(m, &args.text, args.steps)?)?;
         }
+        Command::Trace(args) => {
+            // Open the page's file first: a bad path fails before the model runs.
+            let mut page = match &args.html {
+                Some(path) => Some((
+                    path,
+                    std::fs::File::create(path).with_context(|| {
+                        format!("cannot write the HTML page {}", path.display())
+                    })?,
+                )),
+                None => None,
+            };
+            let m = session.model(g)?;
+            let req = trace::TraceRequest {
+                text: &args.text,
+                model: &g.model,
+                command: command_line(),
+                sample: args.sample.then(|| {
+                    (
+                        crate::sampling::Settings {
+                            temperature: args.temperature.unwrap_or(1.0),
+                            top_k: args.top_k,
+                            top_p: args.top_p,
+                        },
+                        args.seed.unwrap_or_else(clock_seed),
+                    )
+                }),
+                steps: args.steps,
+            };
+            let r = trace::run(m, &req)?;
+            match page.as_mut() {
+                Some((path, file)) => {
+                    let html = render::trace_html(&r)?;
+                    file.write_all(html.as_bytes()).with_context(|| {
+                        format!("cannot write the HTML page {}", path.display())
+                    })?;
+                    match format {
+                        Format::Json => render::trace(out, format, &r, shade(&args.color))?,
+                        Format::Human => writeln!(
+                            out,
+                            "wrote {} ({} KB): the trace of {} as one page; open it in a browser",
+                            path.display(),
+                            html.len().div_ceil(1024),
+                            crate::text::count(r.tokenize.report.ids.len(), "token")
+                        )?,
+                    }
+                }
+                None => render::trace(out, format, &r, shade(&args.color))?,
+            }
+        }
     }
     Ok(())
 }
@@ -282,6 +332,29 @@ fn space_request<'a>(words: &'a [String], args: &SpaceArgs) -> space::SpaceReque
             SpaceArg::Output => space::Space::Output,
         },
     }
+}
+
+/// The command line, quoted so a shell runs it again (for the trace page).
+fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut() {
+        // The program's name, not the path it was run from.
+        if let Some(name) = std::path::Path::new(first.as_str()).file_name() {
+            *first = name.to_string_lossy().into_owned();
+        }
+    }
+    args.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A seed for --sample without --seed; printed with the output so the run can be repeated.

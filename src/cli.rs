@@ -91,6 +91,9 @@ pub enum Command {
     Attention(AttentionArgs),
     /// The KV cache checked: cached next-token logits against a full forward pass, step by step
     KvCheck(KvCheckArgs),
+    /// The whole pipeline for one prompt, condensed: tokens, embeddings, residual stream, logit
+    /// lens, attention, logits, next token (--html FILE: one self-contained page of pictures)
+    Trace(TraceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -419,4 +422,41 @@ pub struct KvCheckArgs {
     /// How many greedy steps to check
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub steps: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The prompt to trace
+    pub text: String,
+
+    /// Sample the next token (with --temperature, --top-k, --top-p, --seed) instead of the argmax
+    #[arg(long)]
+    pub sample: bool,
+
+    /// Divide the logits by T before the softmax (with --sample)
+    #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "T")]
+    pub temperature: Option<f64>,
+
+    /// Keep only the K most likely tokens (with --sample)
+    #[arg(long, requires = "sample", value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Keep the smallest set of most likely tokens whose probability reaches P (with --sample)
+    #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "P")]
+    pub top_p: Option<f64>,
+
+    /// Random seed of --sample (default: chosen from the clock and shown)
+    #[arg(long, requires = "sample", value_name = "SEED")]
+    pub seed: Option<u64>,
+
+    /// Also generate N tokens after the prompt and show each one's surprisal
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub steps: usize,
+
+    /// Write one self-contained HTML page (no network, inline CSS, script and SVG) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub color: ColorArgs,
 }
