@@ -3,7 +3,8 @@
 # the page loads with no console errors, the DOM after its script holds the prompt's tokens and
 # the predicted token, and a screenshot is not one colour. Under CI=true a missing browser that
 # cannot be installed FAILS this script; elsewhere it is reported and skipped.
-# Usage: scripts/browser-test.sh [SCREENSHOT.png]   (default: a temporary file)
+# Usage: scripts/browser-test.sh [SCREENSHOT.png [PAGE.html]]   (default: temporary files)
+# docs/trace.png and docs/trace.html are made by: scripts/browser-test.sh docs/trace.png docs/trace.html
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,13 +34,14 @@ text="The capital of Finland is"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 shot="${1:-$work/trace.png}"
+page="${2:-$work/trace.html}"
 if [ -n "${LMSCOPE_BIN:-}" ]; then
     bin="$LMSCOPE_BIN"
 else
     cargo build -q
     bin=target/debug/lmscope
 fi
-"$bin" --model "$model" trace "$text" --steps 3 --html "$work/trace.html" >/dev/null
+"$bin" --model "$model" trace "$text" --steps 3 --html "$page" >/dev/null
 "$bin" --model "$model" --json trace "$text" > "$work/trace.json"
 
 flags=(--headless --no-sandbox --disable-gpu --disable-background-networking --no-first-run
@@ -48,13 +50,13 @@ run_browser() {
     timeout 120 "$browser" "${flags[@]}" --user-data-dir="$(mktemp -d -p "$work")" "$@"
 }
 run_browser --enable-logging=stderr --v=0 --virtual-time-budget=5000 --dump-dom \
-    "file://$work/trace.html" > "$work/dom.html" 2> "$work/console.log" || {
+    "file://$(realpath "$page")" > "$work/dom.html" 2> "$work/console.log" || {
     echo "browser-test: FAILED: chromium did not load the page" >&2
     cat "$work/console.log" >&2
     exit 1
 }
 run_browser --hide-scrollbars --window-size=1200,2000 --virtual-time-budget=5000 \
-    --screenshot="$shot" "file://$work/trace.html" > /dev/null 2>> "$work/shot.log" || {
+    --screenshot="$shot" "file://$(realpath "$page")" > /dev/null 2>> "$work/shot.log" || {
     echo "browser-test: FAILED: no screenshot" >&2
     cat "$work/shot.log" >&2
     exit 1
