@@ -272,7 +272,16 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 }),
                 steps: args.steps,
             };
-            let r = trace::run(m, &req)?;
+            let r = match trace::run(m, &req) {
+                Ok(r) => r,
+                Err(e) => {
+                    // No empty page is left behind.
+                    if let Some((path, _)) = &page {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e);
+                }
+            };
             match page.as_mut() {
                 Some((path, file)) => {
                     let html = render::trace_html(&r)?;

@@ -165,6 +165,22 @@ fn bad_input_is_one_line_and_exit_1() {
         &["--model", TINY, "trace", "hi", "--sample", "--top-k", "0"],
         &["--model", TINY, "trace", "hi", "--html", "/nonexistent-dir/trace.html"],
     ];
+    // A page is not left behind when the trace fails.
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("t.html");
+    let err = lmscope_err(&[
+        "--model",
+        TINY,
+        "trace",
+        "hi",
+        "--sample",
+        "--top-p",
+        "2",
+        "--html",
+        page.to_str().unwrap(),
+    ]);
+    assert!(err.contains("top-p"), "{err}");
+    assert!(!page.exists());
     for args in cases {
         let out = lmscope().args(*args).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
