@@ -95,7 +95,8 @@ pub struct TraceAttention {
     pub strongest_previous: Vec<HeadRank>,
     /// The heads with the highest induction score, highest first.
     pub strongest_induction: Vec<HeadRank>,
-    /// `attention --layer L` for every layer: [layer] = its heads and their probabilities.
+    /// `attention --layer L` for every layer: `layers[l]` = the heads of layer l, with their
+    /// probabilities.
     pub layers: Vec<Vec<HeadAttention>>,
 }
 
