@@ -37,13 +37,13 @@ struct ModelKey {
 }
 
 impl ModelKey {
-    fn of(g: &GlobalArgs) -> Self {
-        ModelKey {
-            model: g.model.clone(),
+    fn of(g: &GlobalArgs) -> Result<Self> {
+        Ok(ModelKey {
+            model: g.model_name()?,
             revision: g.revision.clone(),
             dtype: g.dtype,
             quantized: g.quantized,
-        }
+        })
     }
 }
 
@@ -54,7 +54,7 @@ impl Session {
 
     /// The model the global options name, loaded once per session.
     pub fn model(&mut self, g: &GlobalArgs) -> Result<&'static load::LoadedModel> {
-        let key = ModelKey::of(g);
+        let key = ModelKey::of(g)?;
         if let Some((k, m)) = &self.loaded {
             if *k == key {
                 return Ok(m);
@@ -68,7 +68,7 @@ impl Session {
     /// The tokenizer alone, without reading the weights (the loaded model's, if it is the one
     /// the options name).
     pub fn tokenizer(&mut self, g: &GlobalArgs) -> Result<&'static Tokenizer> {
-        let key = ModelKey::of(g);
+        let key = ModelKey::of(g)?;
         if let Some((k, m)) = &self.loaded {
             if *k == key {
                 return Ok(&m.tokenizer);
@@ -119,6 +119,12 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::tokenize(out, format, &r)?;
         }
         Command::Logits(args) => {
+            anyhow::ensure!(
+                g.json || !args.full,
+                "--full puts the whole logit row into the JSON output: add --json (the table shows \
+                 each row's first and last three values; `lmscope logits --json --full TEXT | jq \
+                 .logits` prints the row)"
+            );
             let m = session.model(g)?;
             let req = logits::LogitsRequest {
                 text: &args.text,
@@ -172,6 +178,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 max_new_tokens: args.max_new_tokens,
                 strategy,
                 stop_at_eos: !args.ignore_eos,
+                limit_flag: "--max-new-tokens",
             };
             match format {
                 Format::Json => render::generate(out, &generate::run(m, &req, &mut |_| Ok(()))?)?,
@@ -244,6 +251,12 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             let m = session.model(g)?;
             render::kv_check(out, format, &kv_check::run(m, &args.text, args.steps)?)?;
         }
+        Command::Completions(args) => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(args.shell, &mut cmd, "lmscope", out);
+            out.flush()?;
+        }
+        Command::Man(args) => man_page(out, args.command.as_deref())?,
         Command::Trace(args) => {
             // Open the page's file first: a bad path fails before the model runs.
             let mut page = match &args.html {
@@ -256,9 +269,10 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 None => None,
             };
             let m = session.model(g)?;
+            let model = g.model_name()?;
             let req = trace::TraceRequest {
                 text: &args.text,
-                model: &g.model,
+                model: &model,
                 command: command_line(),
                 sample: args.sample.then(|| {
                     (
@@ -323,6 +337,31 @@ fn shade(args: &ColorArgs) -> render::shade::Shade {
     render::shade::Shade::new(color)
 }
 
+/// `lmscope man [COMMAND]`: the manual page in roff, from the same definitions as --help.
+fn man_page(out: &mut dyn Write, command: Option<&str>) -> Result<()> {
+    let mut cmd = <Cli as clap::CommandFactory>::command();
+    cmd.build();
+    let page = match command {
+        None => cmd,
+        Some(name) => {
+            let names: Vec<String> = cmd
+                .get_subcommands()
+                .map(|c| c.get_name().to_string())
+                .filter(|n| n != "help")
+                .collect();
+            let sub = cmd.find_subcommand(name).cloned().with_context(|| {
+                format!("lmscope has no command {name:?} (commands: {})", names.join(", "))
+            })?;
+            // As `man lmscope-generate` names it, and the way clap_mangen's own generator does.
+            let full = format!("lmscope-{}", sub.get_name());
+            sub.name(full.clone()).bin_name(full.replace('-', " "))
+        }
+    };
+    clap_mangen::Man::new(page).render(out).context("cannot write the manual page")?;
+    out.flush()?;
+    Ok(())
+}
+
 fn pool(args: &WordArgs) -> embed::Pool {
     match args.pool {
         PoolArg::Single => embed::Pool::Single,
@@ -374,15 +413,23 @@ fn clock_seed() -> u64 {
         .unwrap_or(0)
 }
 
-fn resolve(g: &GlobalArgs) -> Result<source::Resolved> {
-    let _t = crate::timings::span("resolve");
-    ModelSpec::parse(&g.model, g.revision.as_deref())?.resolve()
+fn spec(g: &GlobalArgs) -> Result<ModelSpec> {
+    ModelSpec::parse(&g.model_name()?, g.revision.as_deref())
 }
 
+fn resolve(g: &GlobalArgs) -> Result<source::Resolved> {
+    let _t = crate::timings::span("resolve");
+    spec(g)?.resolve()
+}
+
+/// The tokenizer alone: no weight file is looked for, read or downloaded.
 fn load_tokenizer(g: &GlobalArgs) -> Result<Tokenizer> {
-    let resolved = resolve(g)?;
+    let files = {
+        let _t = crate::timings::span("resolve");
+        spec(g)?.resolve_tokenizer()?
+    };
     let _t = crate::timings::span("load");
-    Tokenizer::load(&resolved.files)
+    Tokenizer::load_alone(&files)
 }
 
 /// Loads the model for the rest of the process (see [`Session`]).

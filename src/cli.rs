@@ -13,45 +13,73 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// The heading the options every command takes are listed under in each command's --help.
+pub const GLOBAL: &str = "Global options (before or after the command)";
+
 /// Options every command takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
     /// Model: a Hugging Face repo id, a directory (config.json, tokenizer.json, safetensors) or a
-    /// .gguf file
-    #[arg(
-        long,
-        global = true,
-        env = "LMSCOPE_MODEL",
-        default_value = crate::source::DEFAULT_MODEL,
-        value_name = "MODEL"
-    )]
-    pub model: String,
+    /// .gguf file [env: LMSCOPE_MODEL] [default: HuggingFaceTB/SmolLM-135M]
+    // Not clap's `env`: a value from the environment would show in usage lines as if
+    // `--model <MODEL>` had been typed, and an empty one would be blamed on --model.
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "MODEL")]
+    pub model: Option<String>,
 
     /// Hub revision (branch, tag or commit) when --model is a repo id
-    #[arg(long, global = true, value_name = "REV")]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "REV")]
     pub revision: Option<String>,
 
     /// Compute dtype of the forward pass (weights are converted to it on load)
-    #[arg(long, global = true, value_enum, default_value_t = Dtype::F32)]
+    #[arg(long, global = true, help_heading = GLOBAL, value_enum, default_value_t = Dtype::F32)]
     pub dtype: Dtype,
 
     /// Print one JSON document instead of tables (schemas in docs/json.md)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub json: bool,
 
     /// GGUF only: ggml's quantized matmul (as llama.cpp and candle compute it) on the GGUF
     /// blocks, which also rounds the activations to 8 bits (the numbers differ from the exact
     /// path; see docs/performance.md)
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub quantized: bool,
 
     /// Worker threads for the matrix products (default: RAYON_NUM_THREADS, else all cores)
-    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    #[arg(long, global = true, help_heading = GLOBAL, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
 
     /// Print how long each stage took (resolve, load, tokenize, forward, report) on stderr
-    #[arg(long, global = true)]
+    #[arg(long, global = true, help_heading = GLOBAL)]
     pub timings: bool,
+}
+
+/// The environment variable that names the model when --model is not given.
+pub const MODEL_ENV: &str = "LMSCOPE_MODEL";
+
+impl GlobalArgs {
+    /// The model to use: --model, else $LMSCOPE_MODEL, else the notebook's model. An empty
+    /// value is an error that names where it came from.
+    pub fn model_name(&self) -> anyhow::Result<String> {
+        if let Some(m) = &self.model {
+            anyhow::ensure!(
+                !m.trim().is_empty(),
+                "--model is empty: give a .gguf file, a model directory or a Hub repo id"
+            );
+            return Ok(m.clone());
+        }
+        match std::env::var(MODEL_ENV) {
+            Ok(m) if m.trim().is_empty() => anyhow::bail!(
+                "{MODEL_ENV} is set but empty: set it to a .gguf file, a model directory or a Hub \
+                 repo id, or unset it (`unset {MODEL_ENV}`) to use {}",
+                crate::source::DEFAULT_MODEL
+            ),
+            Ok(m) => Ok(m),
+            Err(std::env::VarError::NotPresent) => Ok(crate::source::DEFAULT_MODEL.to_string()),
+            Err(std::env::VarError::NotUnicode(_)) => {
+                anyhow::bail!("{MODEL_ENV} is not valid UTF-8")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -64,36 +92,66 @@ pub enum Dtype {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Split text into tokens: ids, vocabulary strings, byte offsets, and the decoded round trip
+    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282"]))]
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
+    #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5"]))]
     Logits(LogitsArgs),
     /// The greedy next token (argmax of the last logits), optionally for several steps
+    #[command(after_help = example(&["argmax \"The capital of Finland is\" --steps 5"]))]
     Argmax(ArgmaxArgs),
     /// Show the embedding matrix and the embedding vectors of words
+    #[command(after_help = example(&["embed dog cat hat"]))]
     Embed(EmbedArgs),
     /// Cosine similarity of words' input embeddings
+    #[command(after_help = example(&["similarity dog cat hat"]))]
     Similarity(SimilarityArgs),
     /// The architecture like print(model), the config and parameter counts
+    #[command(after_help = example(&["model"]))]
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
+    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40"]))]
     Generate(GenerateArgs),
     /// How likely the model finds a text: every token's log-probability, rank and surprisal
+    #[command(after_help = example(&["score --prompt \"The capital of Finland is\" \" Helsinki.\" \" Stockholm.\""]))]
     Score(ScoreArgs),
     /// One sampling step taken apart: temperature, top-k, top-p and the random draw
+    #[command(after_help = example(&["sample \"The capital of Finland is\" --temperature 0.7 --top-k 50 --top-p 0.9 --seed 1"]))]
     Sample(SampleArgs),
     /// The nearest tokens to a word by cosine similarity over the whole embedding matrix
+    #[command(after_help = example(&["neighbours dog -k 5"]))]
     Neighbours(NeighboursArgs),
     /// Word analogies: A - B + C on unit-length embeddings (king man woman -> queen?)
+    #[command(after_help = example(&["analogy king man woman"]))]
     Analogy(AnalogyArgs),
     /// The logit lens: what the residual stream after each layer would predict next
+    #[command(after_help = example(&["lens \"The capital of Finland is\" --track Helsinki"]))]
     Lens(LensArgs),
     /// Attention probabilities of each head of a layer, head classes, induction heads
+    #[command(after_help = example(&["attention \"The capital of Finland is\" --layer 16 --head 0"]))]
     Attention(AttentionArgs),
     /// The KV cache checked: cached next-token logits against a full forward pass, step by step
+    #[command(after_help = example(&["kv-check \"The capital of Finland is\" --steps 3"]))]
     KvCheck(KvCheckArgs),
+    /// Print a shell completion script (bash, zsh, fish, powershell, elvish) on stdout
+    #[command(after_help = example(&["completions bash > ~/.local/share/bash-completion/completions/lmscope"]))]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) of lmscope or of one of its commands on stdout
+    #[command(after_help = example(&["man | man -l -", "man generate > lmscope-generate.1"]))]
+    Man(ManArgs),
     /// The whole pipeline for one prompt, condensed: tokens, embeddings, residual stream, logit
     /// lens, attention, logits, next token (--html FILE: one self-contained page of pictures)
+    #[command(after_help = example(&["trace \"The capital of Finland is\" --steps 3", "trace \"The capital of Finland is\" --html trace.html"]))]
     Trace(TraceArgs),
+}
+
+/// The "Examples:" block of a command's --help.
+fn example(commands: &[&str]) -> String {
+    let mut s = String::from(if commands.len() == 1 { "Example:" } else { "Examples:" });
+    for c in commands {
+        s += &format!("\n  $ lmscope {c}");
+    }
+    s
 }
 
 #[derive(Debug, Args)]
@@ -112,7 +170,8 @@ pub struct LogitsArgs {
     /// The prompt to run the model on
     pub text: String,
 
-    /// How many of the most likely next tokens to list
+    /// How many of the most likely next tokens to list in the ranking (only what is shown: the
+    /// probabilities are over the whole vocabulary; not the sampling filter of generate --top-k)
     #[arg(long, short = 'k', default_value_t = 10, value_name = "K")]
     pub top_k: usize,
 
@@ -120,7 +179,7 @@ pub struct LogitsArgs {
     #[arg(long, default_value_t = -1, allow_negative_numbers = true, value_name = "POS")]
     pub position: i64,
 
-    /// Include the whole logit row of that position (vocab floats) in the JSON output
+    /// With --json: include the whole logit row of that position (vocab floats)
     #[arg(long)]
     pub full: bool,
 
@@ -218,7 +277,8 @@ pub struct GenerateArgs {
     #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "T")]
     pub temperature: Option<f64>,
 
-    /// Sample only among the K most likely tokens
+    /// Sampling filter: draw only among the K most likely tokens, renormalised (with --sample;
+    /// not how many tokens are listed, as logits --top-k is)
     #[arg(long, requires = "sample", value_name = "K")]
     pub top_k: Option<usize>,
 
@@ -422,6 +482,20 @@ pub struct KvCheckArgs {
     /// How many greedy steps to check
     #[arg(long, default_value_t = 5, value_name = "N")]
     pub steps: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command to print the page of (lmscope-COMMAND(1)); without one, lmscope(1)
+    #[arg(value_name = "COMMAND")]
+    pub command: Option<String>,
 }
 
 #[derive(Debug, Args)]

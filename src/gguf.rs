@@ -136,17 +136,36 @@ impl GgufFile {
         // ~0.3 s when the page cache has dropped the file). Only a hint; failure is harmless.
         #[cfg(unix)]
         let _ = mmap.advise(memmap2::Advice::WillNeed);
-        Self::parse(path, FileBytes::Mapped(mmap))
+        Self::parse(path, FileBytes::Mapped(mmap), Part::Whole)
+            .with_context(|| format!("invalid GGUF file {}", path.display()))
+    }
+
+    /// Opens a GGUF file for its metadata alone (the tokenizer, the chat template): the tensor
+    /// records and data are neither parsed nor read ahead, so a file whose weights are cut off or
+    /// corrupt still gives its tokenizer. [`GgufFile::tensors`] is empty.
+    pub fn open_metadata(path: &Path) -> Result<Self> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("cannot open GGUF file {}", path.display()))?;
+        // SAFETY: as in `open`. Only the pages of the header are touched.
+        let mmap = unsafe { memmap2::Mmap::map(&file) }
+            .with_context(|| format!("cannot memory-map {}", path.display()))?;
+        Self::parse(path, FileBytes::Mapped(mmap), Part::Metadata)
             .with_context(|| format!("invalid GGUF file {}", path.display()))
     }
 
     /// Parses a GGUF file held in memory (`name` is used in messages).
     pub fn from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
-        Self::parse(Path::new(name), FileBytes::Owned(bytes))
+        Self::parse(Path::new(name), FileBytes::Owned(bytes), Part::Whole)
             .with_context(|| format!("invalid GGUF file {name}"))
     }
 
-    fn parse(path: &Path, mmap: FileBytes) -> Result<Self> {
+    /// [`GgufFile::open_metadata`] on bytes in memory.
+    pub fn metadata_from_bytes(name: &str, bytes: Vec<u8>) -> Result<Self> {
+        Self::parse(Path::new(name), FileBytes::Owned(bytes), Part::Metadata)
+            .with_context(|| format!("invalid GGUF file {name}"))
+    }
+
+    fn parse(path: &Path, mmap: FileBytes, part: Part) -> Result<Self> {
         let mut r = Reader { bytes: &mmap, pos: 0 };
         let magic = r.bytes(4).context("file is shorter than the GGUF magic")?;
         ensure!(magic == b"GGUF", "not a GGUF file (magic {:?})", String::from_utf8_lossy(magic));
@@ -163,7 +182,7 @@ impl GgufFile {
             "header claims {metadata_count} metadata entries, more than the file can hold"
         );
         ensure!(
-            tensor_count <= r.remaining() as u64 / 24,
+            part == Part::Metadata || tensor_count <= r.remaining() as u64 / 24,
             "header claims {tensor_count} tensors, more than the file can hold"
         );
 
@@ -174,6 +193,15 @@ impl GgufFile {
             let value =
                 r.value(value_type, 0).with_context(|| format!("metadata entry {key:?}"))?;
             metadata.insert(key, value);
+        }
+        if part == Part::Metadata {
+            return Ok(GgufFile {
+                path: path.to_path_buf(),
+                version,
+                metadata,
+                tensors: BTreeMap::new(),
+                mmap: std::sync::Arc::new(mmap),
+            });
         }
 
         let mut infos = Vec::new();
@@ -333,6 +361,15 @@ fn ggml_dtype(id: u32) -> Result<GgmlDType> {
     })
 }
 
+/// How much of a GGUF file to parse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Header, metadata and tensor records (checked against the file's length).
+    Whole,
+    /// Header and metadata only.
+    Metadata,
+}
+
 /// A cursor over the file's bytes that refuses to read past the end.
 struct Reader<'a> {
     bytes: &'a [u8],
@@ -478,6 +515,24 @@ mod tests {
         let w = g.qtensor("w", &Device::Cpu).unwrap().dequantize(&Device::Cpu).unwrap();
         assert_eq!(w.dims(), &[2, 32]);
         assert_eq!(w.get(1).unwrap().get(0).unwrap().to_scalar::<f32>().unwrap(), 32.0);
+    }
+
+    #[test]
+    fn metadata_alone_survives_cut_tensor_records_and_data() {
+        let bytes = tiny_gguf();
+        let whole = parse(&bytes).unwrap();
+        let arch = |g: &GgufFile| g.get_str("general.architecture").unwrap().to_string();
+        // The tensor record ("w", length-prefixed) follows the metadata.
+        let records = bytes.windows(9).position(|w| w == b"\x01\0\0\0\0\0\0\0w").unwrap();
+        for cut in [bytes.len() - 1, records + 3, records] {
+            let cut_bytes = bytes[..cut].to_vec();
+            assert!(parse(&cut_bytes).is_err(), "the whole parse must see the cut at {cut}");
+            let meta = GgufFile::metadata_from_bytes("cut", cut_bytes).unwrap();
+            assert_eq!(arch(&meta), arch(&whole));
+            assert!(meta.tensors.is_empty());
+        }
+        // A cut inside the metadata is still an error.
+        assert!(GgufFile::metadata_from_bytes("cut", bytes[..records - 2].to_vec()).is_err());
     }
 
     #[test]

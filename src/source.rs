@@ -33,6 +33,19 @@ pub enum ModelFiles {
     Gguf(PathBuf),
 }
 
+/// The files the tokenizer alone needs (`tokenize` reads no weights).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenizerFiles {
+    /// A `tokenizer.json`; its directory may also hold `tokenizer_config.json` (the chat
+    /// template, bos and eos tokens) and `chat_template.jinja`.
+    Json(PathBuf),
+    /// A GGUF file: its metadata holds the tokenizer and the chat template.
+    Gguf(PathBuf),
+}
+
+/// Optional files beside tokenizer.json that hold the chat template.
+pub const CHAT_FILES: [&str; 2] = ["tokenizer_config.json", "chat_template.jinja"];
+
 /// Resolved files plus a one-line description of where they came from.
 #[derive(Debug, Clone)]
 pub struct Resolved {
@@ -87,7 +100,7 @@ impl ModelSpec {
                 origin: format!("directory {}", dir.display()),
             }),
             ModelSpec::Hub { repo_id, revision } => {
-                let files = hub_files(repo_id, revision)?;
+                let files = hub_files(repo_id, revision, Want::Model)?;
                 Ok(Resolved {
                     files,
                     origin: format!("Hugging Face Hub {repo_id} (revision {revision})"),
@@ -95,6 +108,36 @@ impl ModelSpec {
             }
         }
     }
+
+    /// Finds (and for the Hub, downloads if needed) the tokenizer's files only: no weights are
+    /// looked for, opened or downloaded.
+    pub fn resolve_tokenizer(&self) -> Result<TokenizerFiles> {
+        match self {
+            ModelSpec::Gguf(path) => Ok(TokenizerFiles::Gguf(path.clone())),
+            ModelSpec::Dir(dir) => {
+                let tokenizer = dir.join("tokenizer.json");
+                ensure!(tokenizer.is_file(), "{} has no tokenizer.json", dir.display());
+                Ok(TokenizerFiles::Json(tokenizer))
+            }
+            ModelSpec::Hub { repo_id, revision } => {
+                match hub_files(repo_id, revision, Want::Tokenizer)? {
+                    ModelFiles::Safetensors { tokenizer, .. } => {
+                        Ok(TokenizerFiles::Json(tokenizer))
+                    }
+                    ModelFiles::Gguf(path) => Ok(TokenizerFiles::Gguf(path)),
+                }
+            }
+        }
+    }
+}
+
+/// What to fetch from the Hub.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// config.json, the tokenizer and the weights.
+    Model,
+    /// The tokenizer (and the optional chat files) alone.
+    Tokenizer,
 }
 
 /// Whether a file starts with GGUF's magic bytes.
@@ -191,7 +234,7 @@ fn hub_cache() -> Cache {
 }
 
 /// The files of a Hub model, from the cache or downloaded into it.
-fn hub_files(repo_id: &str, revision: &str) -> Result<ModelFiles> {
+fn hub_files(repo_id: &str, revision: &str, want: Want) -> Result<ModelFiles> {
     let endpoint = std::env::var("HF_ENDPOINT")
         .ok()
         .filter(|e| !e.is_empty())
@@ -200,19 +243,27 @@ fn hub_files(repo_id: &str, revision: &str) -> Result<ModelFiles> {
     let cache_dir = cache.path().display().to_string();
     let repo = HubRepo::new(&endpoint, repo_id, revision, cache);
     if hub_offline() {
-        return model_files(repo_id, |name| repo.cached(name)).with_context(|| {
+        return model_files(repo_id, want, |name, _| repo.cached(name)).with_context(|| {
             format!(
                 "{repo_id} (revision {revision}) is not complete in the Hugging Face cache {cache_dir} and HF_HUB_OFFLINE is set; {OFFLINE_HINT}"
             )
         });
     }
     let mut failure = None;
-    let result = model_files(repo_id, |name| match repo.get(name) {
-        Ok(path) => Some(path),
-        Err(HubError::NotFound) => None,
-        Err(HubError::Failed(e)) => {
-            failure.get_or_insert(e);
-            None
+    // The optional chat files are downloaded along with a fresh tokenizer.json only: a cached
+    // model without them (a repository that has none) never waits on the network for them.
+    let fresh = repo.cached("tokenizer.json").is_none();
+    let result = model_files(repo_id, want, |name, optional| {
+        if optional {
+            return repo.cached(name).or_else(|| fresh.then(|| repo.get(name).ok()).flatten());
+        }
+        match repo.get(name) {
+            Ok(path) => Some(path),
+            Err(HubError::NotFound) => None,
+            Err(HubError::Failed(e)) => {
+                failure.get_or_insert(e);
+                None
+            }
         }
     });
     match (result, failure) {
@@ -226,21 +277,41 @@ fn hub_files(repo_id: &str, revision: &str) -> Result<ModelFiles> {
     }
 }
 
-/// Collects a model's files through `get` (cache lookup or download): config.json,
-/// tokenizer.json, and model.safetensors or the shards its index lists.
-fn model_files(repo_id: &str, mut get: impl FnMut(&str) -> Option<PathBuf>) -> Result<ModelFiles> {
-    let config = get("config.json").with_context(|| format!("{repo_id} has no config.json"))?;
-    let tokenizer =
-        get("tokenizer.json").with_context(|| format!("{repo_id} has no tokenizer.json"))?;
-    let weights = match get("model.safetensors") {
+/// Collects a model's files through `fetch(name, optional)` (cache lookup or download): config.json,
+/// tokenizer.json, the optional chat files, and model.safetensors or the shards its index lists
+/// (for [`Want::Tokenizer`], tokenizer.json and the chat files alone, with `config` and
+/// `weights` left empty).
+fn model_files(
+    repo_id: &str,
+    want: Want,
+    mut fetch: impl FnMut(&str, bool) -> Option<PathBuf>,
+) -> Result<ModelFiles> {
+    let config = match want {
+        Want::Model => {
+            fetch("config.json", false).with_context(|| format!("{repo_id} has no config.json"))?
+        }
+        Want::Tokenizer => PathBuf::new(),
+    };
+    let tokenizer = fetch("tokenizer.json", false)
+        .with_context(|| format!("{repo_id} has no tokenizer.json"))?;
+    // Optional: they land beside tokenizer.json in the snapshot, where the tokenizer looks.
+    for name in CHAT_FILES {
+        let _ = fetch(name, true);
+    }
+    if want == Want::Tokenizer {
+        return Ok(ModelFiles::Safetensors { config, tokenizer, weights: Vec::new() });
+    }
+    let weights = match fetch("model.safetensors", false) {
         Some(single) => vec![single],
         None => {
-            let index = get("model.safetensors.index.json").with_context(|| {
+            let index = fetch("model.safetensors.index.json", false).with_context(|| {
                 format!("{repo_id} has neither model.safetensors nor model.safetensors.index.json")
             })?;
             let mut shards = Vec::new();
             for name in shard_names(&index)? {
-                shards.push(get(&name).with_context(|| format!("{repo_id} lacks shard {name}"))?);
+                shards.push(
+                    fetch(&name, false).with_context(|| format!("{repo_id} lacks shard {name}"))?,
+                );
             }
             shards
         }

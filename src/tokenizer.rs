@@ -284,7 +284,20 @@ impl Tokenizer {
     pub fn load(files: &crate::source::ModelFiles) -> Result<Self> {
         match files {
             crate::source::ModelFiles::Safetensors { tokenizer, .. } => Self::from_file(tokenizer),
-            crate::source::ModelFiles::Gguf(path) => Self::from_gguf(&GgufFile::open(path)?),
+            crate::source::ModelFiles::Gguf(path) => {
+                Self::from_gguf(&GgufFile::open_metadata(path)?)
+            }
+        }
+    }
+
+    /// Loads a tokenizer from its own files ([`crate::source::ModelSpec::resolve_tokenizer`]):
+    /// a GGUF file's metadata alone, its tensors neither parsed nor read.
+    pub fn load_alone(files: &crate::source::TokenizerFiles) -> Result<Self> {
+        match files {
+            crate::source::TokenizerFiles::Json(path) => Self::from_file(path),
+            crate::source::TokenizerFiles::Gguf(path) => {
+                Self::from_gguf(&GgufFile::open_metadata(path)?)
+            }
         }
     }
 }

@@ -119,7 +119,13 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let strategy = lmscope::sampling::Strategy::Sample { temperature, top_k, top_p, seed };
-        let req = generate::GenerateRequest { text: "hi", max_new_tokens, strategy, stop_at_eos: true };
+        let req = generate::GenerateRequest {
+            text: "hi",
+            max_new_tokens,
+            strategy,
+            stop_at_eos: true,
+            limit_flag: "--max-new-tokens",
+        };
         match generate::run(tiny(), &req, &mut |_| Ok(())) {
             Ok(r) => prop_assert!(!r.new_ids.is_empty() && r.new_ids.len() <= max_new_tokens),
             Err(e) => clean(e)?,

@@ -36,10 +36,10 @@ pub fn lookup(tokenizer: &Tokenizer, word: &str, exact: bool, pool: Pool) -> Res
     if tokens.len() > 1 && pool == Pool::Single {
         let pieces: Vec<String> = tokens.iter().map(|t| t.token.clone()).collect();
         bail!(
-            "{looked_up:?} is not a single token: it splits into {} tokens {pieces:?} (ids {:?}); pass --pool mean to average them{}",
+            "{looked_up:?} is not a single token: it splits into {} tokens {pieces:?} (ids {:?}); {}",
             tokens.len(),
             tokens.iter().map(|t| t.id).collect::<Vec<_>>(),
-            if exact { "" } else { ", or --exact to look up the word without a leading space" }
+            multi_token_hint(tokenizer, word, exact)?
         );
     }
     Ok(WordLookup {
@@ -47,6 +47,23 @@ pub fn lookup(tokenizer: &Tokenizer, word: &str, exact: bool, pool: Pool) -> Res
         looked_up,
         ids: tokens.iter().map(|t| t.id).collect(),
         tokens: tokens.into_iter().map(|t| t.token).collect(),
+    })
+}
+
+/// What to suggest for a word that is several tokens: `--exact` only where it helps (the word
+/// without the leading space is one token), else `--pool mean`.
+fn multi_token_hint(tokenizer: &Tokenizer, word: &str, exact: bool) -> Result<String> {
+    let mean = "pass --pool mean to average them";
+    if exact {
+        return Ok(mean.to_string());
+    }
+    let bare = tokenizer.encode(word)?;
+    Ok(match bare.as_slice() {
+        [one] => format!(
+            "without the leading space, {word:?} is one token ({:?}, id {}): pass --exact to look it up that way, or --pool mean to average these",
+            one.token, one.id
+        ),
+        _ => format!("{mean} (--exact would not help: {word:?} is {} without the space too)", crate::text::count(bare.len(), "token")),
     })
 }
 

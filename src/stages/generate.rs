@@ -35,6 +35,9 @@ pub struct GenerateRequest<'a> {
     pub strategy: Strategy,
     /// Stop when the model produces an end-of-sequence token.
     pub stop_at_eos: bool,
+    /// The option that sets `max_new_tokens`, for messages (`--max-new-tokens`, argmax's
+    /// `--steps`).
+    pub limit_flag: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -62,19 +65,13 @@ pub fn run(
     on_step: &mut dyn FnMut(&Step) -> Result<()>,
 ) -> Result<GenerateReport> {
     ensure!(!req.text.is_empty(), "the text is empty: give a prompt to continue");
-    ensure!(req.max_new_tokens > 0, "--max-new-tokens must be at least 1");
+    let flag = req.limit_flag;
+    ensure!(req.max_new_tokens > 0, "{flag} must be at least 1");
     let cfg = &m.model.cfg;
     req.strategy.validate(cfg.vocab_size)?;
     let prompt_ids = m.tokenizer.encode_ids(req.text)?;
     ensure!(!prompt_ids.is_empty(), "the text produced no tokens");
-    let room = cfg.max_position_embeddings.saturating_sub(prompt_ids.len());
-    ensure!(
-        req.max_new_tokens <= room,
-        "--max-new-tokens {} does not fit: the prompt has {} and the model's context is {}",
-        req.max_new_tokens,
-        crate::text::count(prompt_ids.len(), "token"),
-        cfg.max_position_embeddings
-    );
+    check_room(prompt_ids.len(), req.max_new_tokens, cfg.max_position_embeddings, flag)?;
 
     let mut rng = match req.strategy {
         Strategy::Sample { seed, .. } => Some(Rng::new(seed)),
@@ -122,6 +119,26 @@ pub fn run(
         seed,
         steps,
     })
+}
+
+/// Refuses a prompt that leaves no room in the model's context, or more new tokens than fit.
+pub fn check_room(prompt: usize, new: usize, context: usize, flag: &str) -> Result<()> {
+    use crate::text::count;
+    ensure!(
+        prompt < context,
+        "the prompt is {} long, but the model's context is {context} positions: shorten it to at \
+         most {} to leave room for a new one",
+        count(prompt, "token"),
+        count(context.saturating_sub(1), "token")
+    );
+    ensure!(
+        new <= context - prompt,
+        "{flag} {new} does not fit: the prompt has {} and the model's context is {context} \
+         positions, so at most {} can follow",
+        count(prompt, "token"),
+        count(context - prompt, "new token")
+    );
+    Ok(())
 }
 
 /// Picks the next token from a logit row and describes the choice.
@@ -188,6 +205,7 @@ pub fn argmax_steps(m: &LoadedModel, text: &str, steps: usize) -> Result<ArgmaxR
         max_new_tokens: steps,
         strategy: Strategy::Greedy,
         stop_at_eos: false,
+        limit_flag: "--steps",
     };
     let r = run(m, &req, &mut |_| Ok(()))?;
     let first = &r.steps[0];
@@ -199,4 +217,28 @@ pub fn argmax_steps(m: &LoadedModel, text: &str, steps: usize) -> Result<ArgmaxR
         prompt_ids: r.prompt_ids,
         steps: r.steps,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_room;
+
+    #[test]
+    fn room_messages_name_the_flag_and_the_prompt() {
+        assert!(check_room(5, 8187, 8192, "--steps").is_ok());
+        let e = check_room(5, 10000, 8192, "--steps").unwrap_err().to_string();
+        assert!(e.starts_with("--steps 10000 does not fit: the prompt has 5 tokens"), "{e}");
+        assert!(e.contains("at most 8187 new tokens can follow"), "{e}");
+        let e = check_room(1, 10000, 8192, "--max-new-tokens").unwrap_err().to_string();
+        assert!(
+            e.starts_with("--max-new-tokens 10000 does not fit: the prompt has 1 token "),
+            "{e}"
+        );
+        // A prompt as long as the context or longer is the prompt's fault, whatever the flag.
+        for prompt in [8192, 29715] {
+            let e = check_room(prompt, 1, 8192, "--steps").unwrap_err().to_string();
+            assert!(e.starts_with(&format!("the prompt is {prompt} tokens long")), "{e}");
+            assert!(!e.contains("--steps") && !e.contains("--max-new-tokens"), "{e}");
+        }
+    }
 }

@@ -122,7 +122,8 @@ pub fn resolve_position(position: i64, n: usize) -> Result<usize> {
     let index = if position < 0 { n as i64 + position } else { position };
     ensure!(
         (0..n as i64).contains(&index),
-        "--position {position} is out of range: the text has {n} tokens (valid: 0..{} or -{n}..-1)",
+        "--position {position} is out of range: the text has {} (valid: 0..{} or -{n}..-1)",
+        crate::text::count(n, "token"),
         n - 1
     );
     Ok(index as usize)

@@ -260,6 +260,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
             max_new_tokens: req.steps,
             strategy,
             stop_at_eos: true,
+            limit_flag: "--steps",
         };
         let report = generate::run(m, &greq, &mut |_| Ok(()))?;
         let surprisal_bits = report.steps.iter().map(|s| -s.prob.log2()).collect();
