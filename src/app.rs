@@ -11,7 +11,7 @@ use crate::sampling::Strategy;
 use crate::source::{self, ModelSpec};
 use crate::stages::{
     attention, embed, generate, kv_check, lens, logits, model_info, sample, score, similarity,
-    space, tokenize,
+    space, tokenize, trace,
 };
 use crate::tokenizer::Tokenizer;
 use anyhow::{Context, Result};
@@ -146,6 +146,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             | Command::Lens(_)
             | Command::Attention(_)
             | Command::KvCheck(_)
+            | Command::Trace(_)
     ) {
         note_quantized(g);
     }
@@ -329,6 +330,65 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         }
         Command::Man(args) => man_page(out, args.command.as_deref())?,
         Command::Repl => crate::repl::run(cli, session, out)?,
+        Command::Trace(args) => {
+            // Open the page's file first: a bad path fails before the model runs.
+            let mut page = match &args.html {
+                Some(path) => Some((
+                    path,
+                    std::fs::File::create(path).with_context(|| {
+                        format!("cannot write the HTML page {}", path.display())
+                    })?,
+                )),
+                None => None,
+            };
+            let m = session.model(g)?;
+            let model = g.model_name()?;
+            let req = trace::TraceRequest {
+                text: &args.text,
+                model: &model,
+                command: command_line(),
+                sample: args.sample.then(|| {
+                    (
+                        crate::sampling::Settings {
+                            temperature: args.temperature.unwrap_or(1.0),
+                            top_k: args.top_k,
+                            top_p: args.top_p,
+                        },
+                        args.seed.unwrap_or_else(clock_seed),
+                    )
+                }),
+                steps: args.steps,
+            };
+            let r = match trace::run(m, &req) {
+                Ok(r) => r,
+                Err(e) => {
+                    // No empty page is left behind.
+                    if let Some((path, _)) = &page {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e);
+                }
+            };
+            match page.as_mut() {
+                Some((path, file)) => {
+                    let html = render::trace_html(&r)?;
+                    file.write_all(html.as_bytes()).with_context(|| {
+                        format!("cannot write the HTML page {}", path.display())
+                    })?;
+                    match format {
+                        Format::Json => render::trace(out, format, &r, shade(&args.color))?,
+                        Format::Human => writeln!(
+                            out,
+                            "wrote {} ({} KB): the trace of {} as one page; open it in a browser",
+                            path.display(),
+                            html.len().div_ceil(1024),
+                            crate::text::count(r.tokenize.report.ids.len(), "token")
+                        )?,
+                    }
+                }
+                None => render::trace(out, format, &r, shade(&args.color))?,
+            }
+        }
     }
     Ok(())
 }
@@ -393,6 +453,29 @@ fn space_request<'a>(words: &'a [String], args: &SpaceArgs) -> space::SpaceReque
             SpaceArg::Output => space::Space::Output,
         },
     }
+}
+
+/// The command line, quoted so a shell runs it again (for the trace page).
+fn command_line() -> String {
+    let mut args: Vec<String> = std::env::args().collect();
+    if let Some(first) = args.first_mut() {
+        // The program's name, not the path it was run from.
+        if let Some(name) = std::path::Path::new(first.as_str()).file_name() {
+            *first = name.to_string_lossy().into_owned();
+        }
+    }
+    args.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// A seed for --sample without --seed; printed with the output so the run can be repeated.

@@ -143,6 +143,10 @@ pub enum Command {
     /// (reads lines from standard input when it is not a terminal)
     #[command(after_help = example(&["repl <<< 'logits \"The capital of Finland is\" -k 3'"]))]
     Repl,
+    /// The whole pipeline for one prompt, condensed: tokens, embeddings, residual stream, logit
+    /// lens, attention, logits, next token (--html FILE: one self-contained page of pictures)
+    #[command(after_help = example(&["trace \"The capital of Finland is\" --steps 3", "trace \"The capital of Finland is\" --html trace.html"]))]
+    Trace(TraceArgs),
 }
 
 /// The "Examples:" block of a command's --help.
@@ -496,4 +500,41 @@ pub struct ManArgs {
     /// A command to print the page of (lmscope-COMMAND(1)); without one, lmscope(1)
     #[arg(value_name = "COMMAND")]
     pub command: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// The prompt to trace
+    pub text: String,
+
+    /// Sample the next token (with --temperature, --top-k, --top-p, --seed) instead of the argmax
+    #[arg(long)]
+    pub sample: bool,
+
+    /// Divide the logits by T before the softmax (with --sample)
+    #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "T")]
+    pub temperature: Option<f64>,
+
+    /// Keep only the K most likely tokens (with --sample)
+    #[arg(long, requires = "sample", value_name = "K")]
+    pub top_k: Option<usize>,
+
+    /// Keep the smallest set of most likely tokens whose probability reaches P (with --sample)
+    #[arg(long, requires = "sample", allow_negative_numbers = true, value_name = "P")]
+    pub top_p: Option<f64>,
+
+    /// Random seed of --sample (default: chosen from the clock and shown)
+    #[arg(long, requires = "sample", value_name = "SEED")]
+    pub seed: Option<u64>,
+
+    /// Also generate N tokens after the prompt and show each one's surprisal
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub steps: usize,
+
+    /// Write one self-contained HTML page (no network, inline CSS, script and SVG) to FILE
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
+
+    #[command(flatten)]
+    pub color: ColorArgs,
 }

@@ -59,7 +59,7 @@ pub fn lens(out: &mut dyn Write, format: Format, r: &LensReport, shade: Shade) -
 
 /// Rows (embeddings, layers) by positions, each cell the top-1 token shaded by its probability;
 /// as many positions side by side as fit in [`WIDTH`] columns, further ones in blocks below.
-fn grid(r: &LensReport, shade: Shade) -> String {
+pub(crate) fn grid(r: &LensReport, shade: Shade) -> String {
     const TOKEN: usize = 10; // token columns per cell (plus one for the shade)
     let label_w = r.rows.iter().map(|row| width(&row_label(row))).max().unwrap_or(5) + 1;
     let per_block = ((WIDTH - label_w + 1) / (TOKEN + 2)).max(1);
@@ -90,7 +90,7 @@ fn grid(r: &LensReport, shade: Shade) -> String {
     s
 }
 
-fn check_line(r: &LensReport) -> String {
+pub(crate) fn check_line(r: &LensReport) -> String {
     let c = &r.check;
     let same = if c.top1_equal { "the same top-1" } else { "a DIFFERENT top-1" };
     let positions = if r.position.is_some() { "at this position" } else { "at every position" };

@@ -26,6 +26,10 @@ pub mod shade;
 pub use attention::attention;
 pub use kv_check::kv_check;
 pub use lens::lens;
+mod trace;
+mod trace_html;
+pub use trace::trace;
+pub use trace_html::trace_html;
 
 /// How a report is printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

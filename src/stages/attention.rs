@@ -231,6 +231,31 @@ pub fn run(m: &LoadedModel, req: &AttentionRequest) -> Result<AttentionReport> {
     Ok(report)
 }
 
+/// Every head of every layer on `ids`: [layer] = its heads, each with its probability matrix and
+/// scores (what `attention --layer L` shows, for all layers at once, from one forward pass).
+pub fn all_layers(m: &LoadedModel, ids: &[u32]) -> Result<Vec<Vec<HeadAttention>>> {
+    ensure!(!ids.is_empty(), "no tokens to attend over");
+    let cfg = &m.model.cfg;
+    let group = cfg.num_attention_heads / cfg.num_key_value_heads.max(1);
+    let t = ids.len();
+    let probs = attention_probs(m, ids)?;
+    Ok(probs
+        .into_iter()
+        .map(|layer| {
+            layer
+                .into_iter()
+                .enumerate()
+                .map(|(h, a)| HeadAttention {
+                    head: h,
+                    kv_head: h / group.max(1),
+                    probs: a.chunks(t).map(<[f32]>::to_vec).collect(),
+                    scores: scores(&a, t),
+                })
+                .collect()
+        })
+        .collect())
+}
+
 /// Every layer's attention probabilities on `ids`: [layer][head] = the (t, t) matrix, row-major.
 fn attention_probs(m: &LoadedModel, ids: &[u32]) -> Result<Vec<Vec<Vec<f32>>>> {
     let input = Tensor::new(ids, &m.model.device)?.unsqueeze(0)?; // (1, t)

@@ -4,7 +4,7 @@
 //! so early layers' guesses are often noise. The last row is the model's own prediction, and the
 //! report measures how exactly it equals `Llama::logits`.
 
-use super::embed::{lookup, Pool};
+use super::embed::{lookup, Pool, WordLookup};
 use super::logits::resolve_position;
 use crate::load::LoadedModel;
 use crate::model::Capture;
@@ -106,7 +106,8 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     let n = ids.len();
     ensure!(n > 0, "the text produced no tokens");
-    let position = req.position.map(|p| resolve_position(p, n)).transpose()?;
+    // Checked here so that a bad position is reported before a bad --track word.
+    let _position = req.position.map(|p| resolve_position(p, n)).transpose()?;
     let tracked = match req.track {
         Some(word) => {
             let w = lookup(&m.tokenizer, word, req.exact, Pool::Mean)?;
@@ -122,6 +123,31 @@ pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
         }
         None => None,
     };
+    run_with(m, req, tracked)
+}
+
+/// [`run`] with the tracked token already looked up (`req.track` is not read): `lmscope trace`
+/// follows the model's own top-1 token by id.
+pub fn run_with(
+    m: &LoadedModel,
+    req: &LensRequest,
+    tracked: Option<WordLookup>,
+) -> Result<LensReport> {
+    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to run the model on");
+    if let Some(w) = &tracked {
+        ensure!(w.ids.len() == 1 && w.tokens.len() == 1, "the tracked word must be one token");
+    }
+    let vocab = m.model.cfg.vocab_size;
+    ensure!(
+        (1..=vocab).contains(&req.top_k),
+        "--top-k must be between 1 and the vocabulary size {vocab}, got {}",
+        req.top_k
+    );
+    let tokens = m.tokenizer.encode(req.text)?;
+    let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
+    let n = ids.len();
+    ensure!(n > 0, "the text produced no tokens");
+    let position = req.position.map(|p| resolve_position(p, n)).transpose()?;
 
     let input = Tensor::new(ids.as_slice(), &m.model.device)?.unsqueeze(0)?; // (1, n)
     let mut cap = Capture { hidden_states: true, ..Capture::default() };

@@ -12,3 +12,4 @@ pub mod score;
 pub mod similarity;
 pub mod space;
 pub mod tokenize;
+pub mod trace;
