@@ -18,7 +18,7 @@ pub fn shade_char(p: f64) -> char {
 
 /// Whether to colour: `forced` is `--color always` (Some(true)) or `never` (Some(false));
 /// `--color auto` (None) colours only a terminal, and not when `NO_COLOR` is set to a non-empty
-/// value (https://no-color.org) or `TERM` is `dumb`. An explicit `--color always` wins over
+/// value (<https://no-color.org>) or `TERM` is `dumb`. An explicit `--color always` wins over
 /// `NO_COLOR`, as no-color.org asks of command-line flags.
 pub fn use_color(
     forced: Option<bool>,

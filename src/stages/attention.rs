@@ -52,7 +52,7 @@ pub struct HeadAttention {
     pub head: usize,
     /// The KV head whose keys and values this query head uses: head / (num_heads / num_kv_heads).
     pub kv_head: usize,
-    /// probs[i][j]: how much query position i attends to key position j (rows sum to 1; zero
+    /// probs\[i\]\[j\]: how much query position i attends to key position j (rows sum to 1; zero
     /// above the diagonal, where the causal mask hides later keys).
     pub probs: Vec<Vec<f32>>,
     pub scores: Scores,
@@ -71,14 +71,14 @@ pub struct HeadSummary {
 pub struct Scores {
     /// How many query rows the scores average (t - 2, or 0).
     pub queries: usize,
-    /// Mean of A[i][i-1]: attention to the previous token.
+    /// Mean of A\[i\]\[i-1\]: attention to the previous token.
     pub previous: Option<f64>,
-    /// Mean of A[i][0]: attention to the first token (an "attention sink").
+    /// Mean of A\[i\]\[0\]: attention to the first token (an "attention sink").
     pub first: Option<f64>,
-    /// Mean of A[i][i]: attention to the token itself.
+    /// Mean of A\[i\]\[i\]: attention to the token itself.
     #[serde(rename = "self")]
     pub self_: Option<f64>,
-    /// Mean of -sum_j A[i][j] ln A[i][j], in nats.
+    /// Mean of -sum_j A\[i\]\[j\] ln A\[i\]\[j\], in nats.
     pub entropy: Option<f64>,
     /// Mean of that entropy divided by ln(i + 1), its largest possible value for query i (i + 1
     /// keys): 0 = all on one key, 1 = spread evenly over every visible key.
@@ -231,7 +231,7 @@ pub fn run(m: &LoadedModel, req: &AttentionRequest) -> Result<AttentionReport> {
     Ok(report)
 }
 
-/// Every head of every layer on `ids`: [layer] = its heads, each with its probability matrix and
+/// Every head of every layer on `ids`: \[layer\] = its heads, each with its probability matrix and
 /// scores (what `attention --layer L` shows, for all layers at once, from one forward pass).
 pub fn all_layers(m: &LoadedModel, ids: &[u32]) -> Result<Vec<Vec<HeadAttention>>> {
     ensure!(!ids.is_empty(), "no tokens to attend over");
@@ -256,7 +256,7 @@ pub fn all_layers(m: &LoadedModel, ids: &[u32]) -> Result<Vec<Vec<HeadAttention>
         .collect())
 }
 
-/// Every layer's attention probabilities on `ids`: [layer][head] = the (t, t) matrix, row-major.
+/// Every layer's attention probabilities on `ids`: \[layer\]\[head\] = the (t, t) matrix, row-major.
 fn attention_probs(m: &LoadedModel, ids: &[u32]) -> Result<Vec<Vec<Vec<f32>>>> {
     let input = Tensor::new(ids, &m.model.device)?.unsqueeze(0)?; // (1, t)
     let mut cap = Capture { attentions: true, ..Capture::default() };
@@ -349,7 +349,7 @@ pub fn induction_targets(ids: &[u32]) -> Vec<(usize, usize)> {
     pairs
 }
 
-/// A head's induction score on `ids`: the mean of A[i][key] over [`induction_targets`]; None
+/// A head's induction score on `ids`: the mean of A\[i\]\[key\] over [`induction_targets`]; None
 /// when there is no such query.
 pub fn induction_score(a: &[f32], ids: &[u32]) -> Option<f64> {
     let t = ids.len();

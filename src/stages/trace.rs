@@ -126,7 +126,7 @@ pub struct NextToken {
     pub id: u32,
     pub token: String,
     pub text: String,
-    /// softmax(logits)[id], temperature 1.
+    /// softmax(logits)\[id\], temperature 1.
     pub prob: f64,
     /// 1 = the model's most likely token.
     pub rank: usize,
