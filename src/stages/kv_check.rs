@@ -76,10 +76,11 @@ pub fn cache_bytes(
     layers * 2 * kv_heads * positions * head_dim * bytes
 }
 
-pub fn run(m: &LoadedModel, text: &str, steps: usize) -> Result<KvCheckReport> {
-    ensure!(!text.is_empty(), "the text is empty: give a prompt to run the model on");
+pub fn run(m: &LoadedModel, prompt: &crate::input::Prompt, steps: usize) -> Result<KvCheckReport> {
+    ensure!(!prompt.is_empty(), "the text is empty: give a prompt to run the model on");
+    let text = prompt.text(&m.tokenizer)?;
     ensure!(steps >= 1, "--steps must be at least 1, got {steps}");
-    let prompt = m.tokenizer.encode_ids(text)?;
+    let prompt = prompt.ids(&m.tokenizer)?;
     ensure!(!prompt.is_empty(), "the text produced no tokens");
     let cfg = &m.model.cfg;
     let context = cfg.max_position_embeddings;
@@ -139,7 +140,7 @@ pub fn run(m: &LoadedModel, text: &str, steps: usize) -> Result<KvCheckReport> {
     }
     let positions = cache.len();
     Ok(KvCheckReport {
-        input: text.to_string(),
+        input: text,
         prompt_ids: prompt,
         max_abs_diff: out.iter().map(|s| s.max_abs_diff).fold(0f32, f32::max),
         identical: out.iter().all(|s| s.agree),
