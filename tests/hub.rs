@@ -126,7 +126,7 @@ fn a_repo_without_model_files_is_reported() {
     let server = HubServer::start("someone/empty", empty.path().to_path_buf());
     let home = tempfile::tempdir().unwrap();
     let out = lmscope()
-        .args(["--model", "someone/empty", "tokenize", "hi"])
+        .args(["--model", "someone/empty", "logits", "hi"])
         .env("HF_HOME", home.path())
         .env("HF_ENDPOINT", &server.endpoint)
         .output()
@@ -134,6 +134,35 @@ fn a_repo_without_model_files_is_reported() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("has no config.json"), "{stderr}");
+
+    // tokenize needs the tokenizer alone, and says that is what is missing.
+    let out = lmscope()
+        .args(["--model", "someone/empty", "tokenize", "hi"])
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", &server.endpoint)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("has no tokenizer.json"), "{stderr}");
+}
+
+#[test]
+fn tokenize_downloads_the_tokenizer_alone() {
+    let server = HubServer::start(REPO, tiny_dir());
+    let home = tempfile::tempdir().unwrap();
+    let out = lmscope()
+        .args(["--model", REPO, "tokenize", "hi"])
+        .env("HF_HOME", home.path())
+        .env("HF_ENDPOINT", &server.endpoint)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = server.log();
+    assert!(log.iter().any(|l| l.contains("/resolve/main/tokenizer.json")), "{log:?}");
+    for file in ["config.json", "model.safetensors"] {
+        assert!(!log.iter().any(|l| l.contains(&format!("/resolve/main/{file}"))), "{log:?}");
+    }
 }
 
 #[test]
@@ -141,7 +170,7 @@ fn revision_and_token_reach_the_hub() {
     let server = HubServer::start(REPO, tiny_dir());
     let home = tempfile::tempdir().unwrap();
     let out = lmscope()
-        .args(["--model", REPO, "--revision", "v1.0", "tokenize", "hi"])
+        .args(["--model", REPO, "--revision", "v1.0", "logits", "hi"])
         .env("HF_HOME", home.path())
         .env("HF_ENDPOINT", &server.endpoint)
         .env("HF_TOKEN", "hf_test_token")
@@ -158,11 +187,12 @@ fn revision_and_token_reach_the_hub() {
     assert_eq!(std::fs::read_to_string(repo_dir.join("refs/v1.0")).unwrap().trim(), COMMIT);
 }
 
-/// Runs `lmscope tokenize` against a server; returns (success, stderr, seconds taken).
+/// Runs `lmscope logits` (which needs the whole model) against a server; returns (success,
+/// stderr, seconds taken).
 fn tokenize_via(server: &HubServer, home: &Path, extra: &[(&str, &str)]) -> (bool, String, f64) {
     let start = std::time::Instant::now();
     let mut cmd = lmscope();
-    cmd.args(["--model", REPO, "tokenize", "hi"])
+    cmd.args(["--model", REPO, "logits", "hi"])
         .env("HF_HOME", home)
         .env("HF_ENDPOINT", &server.endpoint);
     for (k, v) in extra {
