@@ -3,6 +3,9 @@
 //! into a pipe and never with --json.
 
 mod common;
+#[path = "common/hub_server.rs"]
+#[allow(dead_code)] // the fault injection is for tests/hub.rs
+mod hub_server;
 
 use common::{lmscope, tiny_dir};
 
@@ -36,9 +39,17 @@ mod terminal {
 
     /// Runs lmscope on a pseudo-terminal (stdout and stderr both on it) and returns all it wrote.
     fn on_terminal(args: &[&str], delay: &str) -> String {
+        on_terminal_with(args, delay, &[])
+    }
+
+    fn on_terminal_with(args: &[&str], delay: &str, env: &[(&str, &str)]) -> String {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lmscope"));
         cmd.args(args).env("TERM", "xterm").env("LMSCOPE_PROGRESS_DELAY", delay);
         cmd.env_remove("LMSCOPE_MODEL");
+        for var in ["HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN"] {
+            cmd.env_remove(var);
+        }
+        cmd.envs(env.iter().copied());
         let mut p = spawn_command(cmd, Some(60_000)).expect("lmscope starts on a pseudo-terminal");
         p.exp_eof().expect("lmscope ends")
     }
@@ -71,5 +82,21 @@ mod terminal {
         );
         assert!(all.contains("forward pass over 5 tokens"), "{all:?}");
         assert!(!all.contains("generating"), "{all:?}");
+    }
+
+    #[test]
+    fn a_download_shows_its_progress_on_a_terminal() {
+        let server = hub_server::HubServer::start("test-org/tiny-llama", tiny_dir());
+        let home = tempfile::tempdir().unwrap();
+        let env =
+            [("HF_ENDPOINT", server.endpoint.as_str()), ("HF_HOME", home.path().to_str().unwrap())];
+        let all =
+            on_terminal_with(&["--model", "test-org/tiny-llama", "tokenize", "hi"], "0", &env);
+        assert!(all.contains("downloading tokenizer.json"), "{all:?}");
+        assert!(all.contains("input_ids:"), "{all:?}");
+        // From the cache: nothing to download, no line.
+        let all =
+            on_terminal_with(&["--model", "test-org/tiny-llama", "tokenize", "hi"], "0", &env);
+        assert!(!all.contains("downloading"), "{all:?}");
     }
 }
