@@ -96,7 +96,7 @@ pub enum Command {
     #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282"]))]
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
-    #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5"]))]
+    #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5", "logits --ids 504,3575,282,17446,314 --top-k 5"]))]
     Logits(LogitsArgs),
     /// The greedy next token (argmax of the last logits), optionally for several steps
     #[command(after_help = example(&["argmax \"The capital of Finland is\" --steps 5"]))]

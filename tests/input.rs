@@ -271,6 +271,28 @@ fn the_repl_refuses_standard_input_and_reads_files() {
 }
 
 #[test]
+fn pick_extends_a_text_given_as_words_or_ids() {
+    let t = tiny();
+    let lines = ":text\nlogits --ids 277,308 -k 2\n:pick 1\nlogits The capital -k 2\n:pick 1\n";
+    let out = lmscope()
+        .args(["--model", &t, "repl"])
+        .env("LMSCOPE_HISTORY", "")
+        .write_stdin(lines)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got = String::from_utf8(out.stdout).unwrap();
+    let first = stdout(&["--model", &t, "logits", "The capital", "-k", "2"]);
+    let doc = lmscope_json(&["--model", &t, "logits", "The capital", "-k", "1"]);
+    let picked = format!("The capital{}", doc["top"][0]["text"].as_str().unwrap());
+    // :pick runs the line again without its --ids or its words, on the longer text.
+    let second = stdout(&["--model", &t, "logits", &picked, "-k", "2"]);
+    let expected =
+        "no current text: `:text ...` sets one\n".to_string() + &first + &second + &first + &second;
+    assert_eq!(got, expected);
+}
+
+#[test]
 fn logits_of_a_long_prompt_shows_the_first_and_last_rows() {
     let t = tiny();
     let long = "one two three four five six seven eight nine ten";
