@@ -62,7 +62,12 @@ mod terminal {
         assert!(all.contains("forward pass over 5 tokens"), "{all:?}");
         assert!(all.contains("generating"), "{all:?}");
         assert!(all.contains("text: The capital of Finland is"), "{all:?}");
-        // Quick work under the default delay of a second: nothing.
+        let sample =
+            ["--model", t.as_str(), "sample", "The capital", "--steps", "3", "--seed", "1"];
+        assert!(on_terminal(&sample, "0").contains("sampling"));
+        let check = ["--model", t.as_str(), "kv-check", "The capital", "--steps", "3"];
+        assert!(on_terminal(&check, "0").contains("checking the cache"));
+        // Quick work under a delay of 5 seconds: nothing.
         let all = on_terminal(&args, "5");
         assert!(!all.contains("forward pass") && !all.contains("generating"), "{all:?}");
     }

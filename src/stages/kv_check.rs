@@ -101,6 +101,7 @@ pub fn run(m: &LoadedModel, prompt: &crate::input::Prompt, steps: usize) -> Resu
     let mut cache = KvCache::new();
     let mut seq = prompt.clone();
     let mut out = Vec::with_capacity(steps);
+    let mut counter = None;
     for step in 1..=steps {
         // The cached step: the prompt into the empty cache, then one new token at a time.
         let new = if step == 1 { &seq[..] } else { &seq[seq.len() - 1..] };
@@ -137,6 +138,12 @@ pub fn run(m: &LoadedModel, prompt: &crate::input::Prompt, steps: usize) -> Resu
             cache_bytes: size(cfg.num_key_value_heads, cache.len()),
         });
         seq.push(id);
+        if counter.is_none() && steps > 1 {
+            counter = crate::progress::counter("checking the cache".into(), steps as u64);
+        }
+        if let Some(c) = &counter {
+            c.set_position(step as u64);
+        }
     }
     let positions = cache.len();
     Ok(KvCheckReport {

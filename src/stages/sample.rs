@@ -137,6 +137,7 @@ pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
     let mut input = prompt_ids.clone();
     let mut steps = Vec::new();
     let mut stopped = "steps";
+    let mut counter = None;
     for step in 1..=req.steps {
         // Ctrl-C in the repl stops between tokens.
         crate::interrupt::check()?;
@@ -145,6 +146,13 @@ pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
         let u = rng.next_f64();
         let (id, lo, hi) = draw(&p.sampled, u);
         steps.push(describe_step(m, step, &logits, &p, id, u, [lo, hi], req.rows)?);
+        // Counted from the first draw on: the prompt's pass has its own line.
+        if counter.is_none() && req.steps > 1 {
+            counter = crate::progress::counter("sampling".into(), req.steps as u64);
+        }
+        if let Some(c) = &counter {
+            c.set_position(step as u64);
+        }
         if req.stop_at_eos && cfg.eos_token_ids.contains(&(id as u32)) {
             stopped = "eos";
             break;
