@@ -239,6 +239,21 @@ mod tests {
         assert!(parse_ids("99999999999").is_err());
     }
 
+    proptest::proptest! {
+        #[test]
+        fn ids_round_trip_in_every_form(ids in proptest::collection::vec(proptest::prelude::any::<u32>(), 1..20)) {
+            let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+            for form in [list.join(","), list.join(", "), format!("[{}]", list.join(", ")), format!("{ids:?}")] {
+                proptest::prop_assert_eq!(parse_ids(&form), Ok(IdList(ids.clone())));
+            }
+        }
+
+        #[test]
+        fn any_word_parses_or_is_refused(word in "\\PC{0,16}") {
+            let _ = parse_ids(&word);
+        }
+    }
+
     fn args(text: &[&str], ids: Option<&[&str]>) -> InputArgs {
         InputArgs {
             text: text.iter().map(|s| s.to_string()).collect(),
