@@ -5,6 +5,7 @@ use crate::cli::{
     Cli, ColorArgs, ColorWhen, Command, Dims, Dtype, GlobalArgs, PoolArg, Rows, SpaceArg,
     SpaceArgs, WordArgs,
 };
+use crate::input::{InputArgs, Prompt, Stdin};
 use crate::load;
 use crate::render::{self, Format};
 use crate::sampling::Strategy;
@@ -30,6 +31,8 @@ pub struct Session {
     ranking: Option<Ranking>,
     /// Counts the rankings set, so a caller can tell whether a command set one.
     rankings_set: u64,
+    /// Whether `-` may read standard input (not in the repl, whose lines come from there).
+    stdin: Stdin,
 }
 
 /// The next-token candidates of the last command that ranked them (`logits`: its top-k;
@@ -79,6 +82,16 @@ impl ModelKey {
 impl Session {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Standard input holds the session's own lines (the repl): a text cannot come from there.
+    pub fn take_stdin(&mut self) {
+        self.stdin = Stdin::Taken;
+    }
+
+    /// The prompt a command's input options give.
+    pub fn prompt(&self, input: &InputArgs) -> Result<Prompt> {
+        input.resolve(self.stdin)
     }
 
     /// The model the global options name, loaded once per session.
@@ -132,6 +145,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
     crate::kernels::from_env().map_err(anyhow::Error::msg)?;
     let g = &cli.global;
     let format = if g.json { Format::Json } else { Format::Human };
+    crate::progress::enable(crate::progress::wanted(g.json));
     anyhow::ensure!(
         !(g.quantized && g.dtype != Dtype::F32),
         "--quantized computes in f32 from the GGUF blocks: drop --dtype"
@@ -152,12 +166,9 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
     }
     match &cli.command {
         Command::Tokenize(args) => {
+            let prompt = session.prompt(&args.input)?;
             let tokenizer = session.tokenizer(g)?;
-            let r = match (&args.ids, &args.text) {
-                (Some(ids), _) => tokenize::from_ids(tokenizer, ids)?,
-                (None, Some(text)) => tokenize::from_text(tokenizer, text)?,
-                (None, None) => anyhow::bail!("give a TEXT to tokenize or --ids"),
-            };
+            let r = tokenize::from_prompt(tokenizer, &prompt)?;
             render::tokenize(out, format, &r)?;
         }
         Command::Logits(args) => {
@@ -167,9 +178,10 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                  each row's first and last three values; `lmscope logits --json --full TEXT | jq \
                  .logits` prints the row)"
             );
+            let prompt = session.prompt(&args.input)?;
             let m = session.model(g)?;
             let req = logits::LogitsRequest {
-                text: &args.text,
+                prompt: &prompt,
                 top_k: args.top_k,
                 position: args.position,
                 full: args.full,
@@ -189,11 +201,12 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::logits(out, format, &r)?;
         }
         Command::Argmax(args) => {
+            let prompt = session.prompt(&args.input)?;
             let m = session.model(g)?;
-            let r = generate::argmax_steps(m, &args.text, args.steps)?;
+            let r = generate::argmax_steps(m, &prompt, args.steps)?;
             let first = &r.steps[0];
             session.set_ranking(Some(Ranking {
-                text: args.text.clone(),
+                text: prompt.text(&m.tokenizer)?,
                 ids: r.prompt_ids.clone(),
                 position: r.prompt_ids.len() - 1,
                 candidates: vec![
@@ -234,6 +247,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::model(out, format, &model_info::run(m)?)?;
         }
         Command::Generate(args) => {
+            let prompt = session.prompt(&args.input)?;
             let m = session.model(g)?;
             let strategy = if args.sample {
                 Strategy::Sample {
@@ -246,31 +260,37 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 Strategy::Greedy
             };
             let req = generate::GenerateRequest {
-                text: &args.text,
+                prompt: &prompt,
                 max_new_tokens: args.max_new_tokens,
                 strategy,
                 stop_at_eos: !args.ignore_eos,
                 limit_flag: "--max-new-tokens",
+                // Streamed onto a terminal, the text itself shows how far it is.
+                progress: g.json || !std::io::IsTerminal::is_terminal(&std::io::stdout()),
             };
             match format {
                 Format::Json => render::generate(out, &generate::run(m, &req, &mut |_| Ok(()))?)?,
                 Format::Human => {
                     // The prompt is printed with the first token: an error comes out alone.
-                    let mut stream = render::TextStream::new(out, &args.text);
+                    let shown = generate::echo(&m.tokenizer, &prompt)?;
+                    let mut stream = render::TextStream::new(out, &shown);
                     let r = generate::run(m, &req, &mut |step| stream.push(step))?;
                     stream.finish(&r, args.show_steps)?;
                 }
             }
         }
         Command::Score(args) => {
+            let texts =
+                crate::input::candidates(&args.texts, &args.file, &args.ids, session.stdin)?;
             let m = session.model(g)?;
-            let req = score::ScoreRequest { texts: &args.texts, prompt: args.prompt.as_deref() };
+            let req = score::ScoreRequest { texts: &texts, prompt: args.prompt.as_deref() };
             render::score(out, format, &score::run(m, &req)?)?;
         }
         Command::Sample(args) => {
+            let prompt = session.prompt(&args.input)?;
             let m = session.model(g)?;
             let req = sample::SampleRequest {
-                text: &args.text,
+                prompt: &prompt,
                 settings: crate::sampling::Settings {
                     temperature: args.temperature,
                     top_k: args.top_k,
@@ -298,9 +318,10 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::analogy(out, format, &r)?;
         }
         Command::Lens(args) => {
+            let prompt = session.prompt(&args.input)?;
             let m = session.model(g)?;
             let req = lens::LensRequest {
-                text: &args.text,
+                prompt: &prompt,
                 position: args.position,
                 top_k: args.top_k,
                 track: args.track.as_deref(),
@@ -309,9 +330,10 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::lens(out, format, &lens::run(m, &req)?, shade(&args.color))?;
         }
         Command::Attention(args) => {
+            let prompt = session.prompt(&args.input)?;
             let m = session.model(g)?;
             let req = attention::AttentionRequest {
-                text: &args.text,
+                prompt: &prompt,
                 layer: args.layer,
                 head: args.head,
                 summary: args.summary,
@@ -320,8 +342,9 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::attention(out, format, &attention::run(m, &req)?, shade(&args.color))?;
         }
         Command::KvCheck(args) => {
+            let prompt = session.prompt(&args.input)?;
             let m = session.model(g)?;
-            render::kv_check(out, format, &kv_check::run(m, &args.text, args.steps)?)?;
+            render::kv_check(out, format, &kv_check::run(m, &prompt, args.steps)?)?;
         }
         Command::Completions(args) => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -331,6 +354,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         Command::Man(args) => man_page(out, args.command.as_deref())?,
         Command::Repl => crate::repl::run(cli, session, out)?,
         Command::Trace(args) => {
+            let prompt = session.prompt(&args.input)?;
             // Open the page's file first: a bad path fails before the model runs.
             let mut page = match &args.html {
                 Some(path) => Some((
@@ -344,7 +368,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             let m = session.model(g)?;
             let model = g.model_name()?;
             let req = trace::TraceRequest {
-                text: &args.text,
+                prompt: &prompt,
                 model: &model,
                 command: command_line(),
                 sample: args.sample.then(|| {

@@ -1,5 +1,6 @@
 //! Command-line arguments: clap types only, no I/O.
 
+use crate::input::{IdList, InputArgs};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Watch a Llama-family language model generate text, one stage at a time:
@@ -95,7 +96,7 @@ pub enum Command {
     #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282"]))]
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
-    #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5"]))]
+    #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5", "logits --ids 504,3575,282,17446,314 --top-k 5"]))]
     Logits(LogitsArgs),
     /// The greedy next token (argmax of the last logits), optionally for several steps
     #[command(after_help = example(&["argmax \"The capital of Finland is\" --steps 5"]))]
@@ -160,19 +161,14 @@ fn example(commands: &[&str]) -> String {
 
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
-    /// The text to tokenize
-    #[arg(required_unless_present = "ids")]
-    pub text: Option<String>,
-
-    /// Go the other way: comma-separated token ids to show and decode (e.g. 504,3575,282)
-    #[arg(long, value_delimiter = ',', conflicts_with = "text", value_name = "IDS")]
-    pub ids: Option<Vec<u32>>,
+    #[command(flatten)]
+    pub input: InputArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct LogitsArgs {
-    /// The prompt to run the model on
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// How many of the most likely next tokens to list in the ranking (only what is shown: the
     /// probabilities are over the whole vocabulary; not the sampling filter of generate --top-k)
@@ -194,8 +190,8 @@ pub struct LogitsArgs {
 
 #[derive(Debug, Args)]
 pub struct ArgmaxArgs {
-    /// The prompt
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// How many tokens to predict, appending each and running again (with the KV cache)
     #[arg(long, default_value_t = 1, value_name = "N")]
@@ -266,8 +262,8 @@ pub struct SimilarityArgs {
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// The prompt to continue
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// The most tokens to add
     #[arg(long, default_value_t = 50, value_name = "N")]
@@ -305,9 +301,20 @@ pub struct GenerateArgs {
 
 #[derive(Debug, Args)]
 pub struct ScoreArgs {
-    /// The text to score; several texts are candidates compared after the same --prompt
-    #[arg(required = true)]
+    /// The texts to score, one argument each (quote a text of several words); several texts are
+    /// candidates compared after the same --prompt; `-` reads one from standard input
+    #[arg(value_name = "TEXTS", required_unless_present_any = ["file", "ids"])]
     pub texts: Vec<String>,
+
+    /// Score the text of a file (`-`: standard input; one final newline is dropped); repeat
+    /// for more candidates
+    #[arg(long, value_name = "PATH")]
+    pub file: Vec<std::path::PathBuf>,
+
+    /// Score token ids (504,3575,282, "504, 3575" or "[504, 3575]": one word, so quote ids
+    /// with spaces), used exactly as given; repeat for more candidates
+    #[arg(long, value_name = "IDS", value_parser = crate::input::parse_ids)]
+    pub ids: Vec<IdList>,
 
     /// Score only what follows this prompt (its tokens are given, not scored)
     #[arg(long, value_name = "P")]
@@ -332,8 +339,8 @@ fn parse_rows(s: &str) -> Result<Rows, String> {
 
 #[derive(Debug, Args)]
 pub struct SampleArgs {
-    /// The prompt whose next token is sampled
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// Divide the logits by T before the softmax (below 1 sharpens, above 1 flattens)
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_name = "T")]
@@ -427,8 +434,8 @@ pub struct ColorArgs {
 
 #[derive(Debug, Args)]
 pub struct LensArgs {
-    /// The prompt to run the model on
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// Only this position (0-based; negative counts from the end). Default: every position in
     /// the grid, the last one in the per-layer table
@@ -454,8 +461,8 @@ pub struct LensArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("what").required(true).multiple(true).args(["layer", "summary", "induction"])))]
 pub struct AttentionArgs {
-    /// The prompt to run the model on
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// The layer whose heads to show (0-based, as print(model) numbers them)
     #[arg(long, value_name = "L")]
@@ -480,8 +487,8 @@ pub struct AttentionArgs {
 
 #[derive(Debug, Args)]
 pub struct KvCheckArgs {
-    /// The prompt
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// How many greedy steps to check
     #[arg(long, default_value_t = 5, value_name = "N")]
@@ -504,8 +511,8 @@ pub struct ManArgs {
 
 #[derive(Debug, Args)]
 pub struct TraceArgs {
-    /// The prompt to trace
-    pub text: String,
+    #[command(flatten)]
+    pub input: InputArgs,
 
     /// Sample the next token (with --temperature, --top-k, --top-p, --seed) instead of the argmax
     #[arg(long)]

@@ -35,7 +35,6 @@ pub struct HubRepo {
     cache: Cache,
     token: Option<String>,
     timeout: Duration,
-    progress: bool,
 }
 
 impl HubRepo {
@@ -54,7 +53,6 @@ impl HubRepo {
             cache,
             token,
             timeout: Duration::from_secs_f64(seconds),
-            progress: std::io::IsTerminal::is_terminal(&std::io::stderr()),
         }
     }
 
@@ -233,9 +231,7 @@ impl HubRepo {
                     bar.set_position(have);
                 }
             }
-            if let Some(bar) = bar {
-                bar.finish_and_clear();
-            }
+            drop(bar);
         }
         out.sync_all().ok();
         if have != size {
@@ -246,22 +242,10 @@ impl HubRepo {
         Ok(())
     }
 
-    fn progress_bar(&self, file: &str, size: u64, have: u64) -> Option<indicatif::ProgressBar> {
-        if !self.progress {
-            return None;
-        }
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(size),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec}, {eta})",
-        ) {
-            bar.set_style(style.progress_chars("=> "));
-        }
-        bar.set_message(format!("downloading {file}"));
-        bar.set_position(have);
-        Some(bar)
+    /// A download's progress line (on a terminal's stderr, after the delay; see
+    /// [`crate::progress`]).
+    fn progress_bar(&self, file: &str, size: u64, have: u64) -> Option<crate::progress::Progress> {
+        crate::progress::bytes(format!("downloading {file}"), size, have)
     }
 }
 

@@ -23,16 +23,15 @@ use crate::interrupt;
 use anyhow::{anyhow, bail, Context as _, Result};
 use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, ValueEnum};
-use std::ffi::OsStr;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 /// What the interactive repl prints before each line.
 pub const PROMPT: &str = "lmscope> ";
 
-/// Options that cannot be settings: clap's own, and --threads (the thread pool is made once, when
-/// the process starts).
-const NOT_SETTABLE: &[&str] = &["help", "version", "threads"];
+/// Options that cannot be settings: clap's own, --threads (the thread pool is made once, when
+/// the process starts), and the input options (the current text is `:text`).
+const NOT_SETTABLE: &[&str] = &["help", "version", "threads", "file", "ids"];
 
 /// The id of the positional argument that `:text` fills in (every command's `text: String`).
 const TEXT: &str = "text";
@@ -58,6 +57,8 @@ const META: &[(&str, &str)] = &[
 /// line by line from standard input, without a prompt.
 pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> {
     let mut repl = Repl::new(&cli.global);
+    // The lines come from standard input: `-` cannot read a text from there too.
+    session.take_stdin();
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         interactive(&mut repl, &cli.global, session, out)
@@ -564,34 +565,67 @@ fn probe(words: &[String]) -> Option<(clap::Command, ArgMatches)> {
     Some((sub, sub_matches.clone()))
 }
 
-/// A line's words without the TEXT it gave, if it gave one (`logits -k 5 "The capital"` ->
-/// `logits -k 5`): what `:pick` runs again with the longer text.
+/// A line's words without the input it gave, if it gave one (`logits -k 5 "The capital"` ->
+/// `logits -k 5`; the words of a TEXT of several, `--ids ...`, `--file PATH`): what `:pick` runs
+/// again with the longer text.
 fn without_text(words: &[String]) -> Vec<String> {
     let Some((sub, matches)) = probe(words) else {
         return words.to_vec();
     };
     // (Asking clap's matches about an id the command does not have panics in debug builds.)
-    if !sub.get_arguments().any(|a| a.get_id() == TEXT)
-        || matches.value_source(TEXT) != Some(ValueSource::CommandLine)
-    {
-        return words.to_vec();
-    }
-    let Some(text) = matches.get_raw(TEXT).and_then(|mut v| v.next()).map(|v| v.to_owned()) else {
-        return words.to_vec();
+    let given = |m: &ArgMatches, id: &str| {
+        sub.get_arguments().any(|a| a.get_id() == id)
+            && m.value_source(id) == Some(ValueSource::CommandLine)
     };
-    for i in (0..words.len()).rev() {
-        if OsStr::new(&words[i]) != text {
+    let raw = |id: &str| -> Vec<String> {
+        matches
+            .get_raw(id)
+            .map(|v| v.map(|w| w.to_string_lossy().into_owned()).collect())
+            .unwrap_or_default()
+    };
+    let mut rest = words.to_vec();
+    for option in ["ids", "file"] {
+        if !given(&matches, option) {
             continue;
         }
-        let mut rest = words.to_vec();
-        rest.remove(i);
-        if let Some((_, m)) = probe(&rest) {
-            if m.value_source(TEXT) != Some(ValueSource::CommandLine) {
-                return rest;
+        let values = raw(option);
+        let flag = format!("--{option}");
+        let Some(first) = values.first() else { continue };
+        let inline = format!("{flag}={first}");
+        let found = (0..rest.len()).find_map(|i| {
+            let tail = |from: usize, vals: &[String]| {
+                rest.get(from..from + vals.len()).is_some_and(|w| w == vals)
+            };
+            if rest[i] == flag && tail(i + 1, &values) {
+                Some(i..i + 1 + values.len())
+            } else if rest[i] == inline && tail(i + 1, &values[1..]) {
+                Some(i..i + values.len())
+            } else {
+                None
+            }
+        });
+        match found {
+            Some(range) => drop(rest.drain(range)),
+            None => return words.to_vec(),
+        }
+    }
+    if given(&matches, TEXT) {
+        // The TEXT's words, from the last: each is the last matching word before the one after it.
+        let mut end = rest.len();
+        for value in raw(TEXT).iter().rev() {
+            match (0..end).rev().find(|&i| rest[i] == *value) {
+                Some(i) => {
+                    rest.remove(i);
+                    end = i;
+                }
+                None => return words.to_vec(),
             }
         }
     }
-    words.to_vec()
+    match probe(&rest) {
+        Some((_, m)) if ["ids", "file", TEXT].iter().all(|id| !given(&m, id)) => rest,
+        _ => words.to_vec(),
+    }
 }
 
 /// The settings the repl's own global options start: `lmscope --json repl` prints every line as
@@ -1085,7 +1119,7 @@ mod tests {
         let cli = r.parse(&words("logits -k 5")).unwrap();
         match cli.command {
             Cmd::Logits(a) => {
-                assert_eq!(a.text, "-The capital");
+                assert_eq!(a.input.text, ["-The capital"]);
                 assert_eq!(a.top_k, 5);
             }
             other => panic!("{other:?}"),
@@ -1112,10 +1146,10 @@ mod tests {
         r.set("temperature 0.5", &mut Vec::new()).unwrap();
         // tokenize --ids conflicts with a text; generate's --temperature needs --sample.
         let cli = r.parse(&words("tokenize --ids 1,2")).unwrap();
-        assert!(matches!(cli.command, Cmd::Tokenize(ref a) if a.text.is_none()));
+        assert!(matches!(cli.command, Cmd::Tokenize(ref a) if a.input.text.is_empty()));
         let cli = r.parse(&words("generate")).unwrap();
         assert!(
-            matches!(cli.command, Cmd::Generate(ref a) if a.temperature.is_none() && a.text == "hello")
+            matches!(cli.command, Cmd::Generate(ref a) if a.temperature.is_none() && a.input.text == ["hello"])
         );
         let cli = r.parse(&words("generate --sample")).unwrap();
         assert!(matches!(cli.command, Cmd::Generate(ref a) if a.temperature == Some(0.5)));
@@ -1182,6 +1216,15 @@ mod tests {
         assert_eq!(without_text(&words("--model x logits x")), words("--model x logits"));
         assert_eq!(without_text(&words("argmax --steps 2 -- -x")), words("argmax --steps 2 --"));
         assert_eq!(without_text(&words("embed dog")), words("embed dog"));
+        // A TEXT of several words, and the other inputs.
+        assert_eq!(without_text(&words("logits The capital -k 5 of")), words("logits -k 5"));
+        assert_eq!(without_text(&words("logits The -k 5 The")), words("logits -k 5"));
+        assert_eq!(without_text(&words("logits --ids 1, 2 -k 5")), words("logits -k 5"));
+        assert_eq!(without_text(&words("logits -k 5 --ids=[1, 2]")), words("logits -k 5"));
+        assert_eq!(
+            without_text(&words("argmax --file t.txt --steps 2")),
+            words("argmax --steps 2")
+        );
     }
 
     #[test]

@@ -473,8 +473,9 @@ mod properties {
             seed in any::<u64>(),
         ) {
             let temperature = sign * 10f64.powf(exponent);
+            let prompt = lmscope::input::Prompt::Text("hi".into());
             let req = sample::SampleRequest {
-                text: "hi",
+                prompt: &prompt,
                 settings: Settings { temperature, top_k, top_p },
                 seed,
                 steps,
@@ -505,7 +506,7 @@ mod properties {
 
         #[test]
         fn any_text_scores_or_is_refused(text in "\\PC{0,12}", prompt in proptest::option::of("\\PC{0,6}")) {
-            let texts = vec![text];
+            let texts = vec![lmscope::input::Prompt::Text(text)];
             let req = score::ScoreRequest { texts: &texts, prompt: prompt.as_deref() };
             match score::run(tiny(), &req) {
                 Ok(score::ScoreReport::One(s)) => {

@@ -75,7 +75,8 @@ proptest! {
         position in -20i64..20,
         temperature in proptest::option::of(-2.0f64..3.0),
     ) {
-        let req = logits::LogitsRequest { text: &text, top_k, position, full: false, temperature };
+        let prompt = lmscope::input::Prompt::Text(text);
+        let req = logits::LogitsRequest { prompt: &prompt, top_k, position, full: false, temperature };
         match logits::run(tiny(), &req) {
             Ok(r) => {
                 prop_assert_eq!(r.top.len(), top_k);
@@ -119,12 +120,14 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let strategy = lmscope::sampling::Strategy::Sample { temperature, top_k, top_p, seed };
+        let prompt = lmscope::input::Prompt::Text("hi".into());
         let req = generate::GenerateRequest {
-            text: "hi",
+            prompt: &prompt,
             max_new_tokens,
             strategy,
             stop_at_eos: true,
             limit_flag: "--max-new-tokens",
+            progress: false,
         };
         match generate::run(tiny(), &req, &mut |_| Ok(())) {
             Ok(r) => prop_assert!(!r.new_ids.is_empty() && r.new_ids.len() <= max_new_tokens),

@@ -100,6 +100,9 @@ impl Llama {
         logits: Logits,
     ) -> Result<Tensor> {
         let _t = crate::timings::span("forward");
+        // A line on a terminal's stderr if a pass over a long prompt takes a while.
+        let (_, t) = ids.dims2()?;
+        let _p = (t > 1).then(|| crate::progress::spinner(format!("forward pass over {t} tokens")));
         if self.weights.uses_candle_products() {
             rayon::scope(|_| self.run(ids, cache, capture, logits))
         } else {

@@ -120,6 +120,9 @@ pub fn tokenize(out: &mut dyn Write, format: Format, r: &TokenizeReport) -> Resu
     })
 }
 
+/// How many logit rows `logits` shows at each end of a long prompt, as PyTorch's print does.
+const PREVIEW_ROWS: usize = 3;
+
 pub fn logits(out: &mut dyn Write, format: Format, r: &LogitsReport) -> Result<()> {
     emit(out, format, r, || {
         let mut s = format!(
@@ -127,7 +130,25 @@ pub fn logits(out: &mut dyn Write, format: Format, r: &LogitsReport) -> Result<(
             r.shape[0], r.shape[1], r.shape[2]
         );
         let f = |v: &[f32]| v.iter().map(|x| format!("{x:9.4}")).collect::<Vec<_>>().join(", ");
+        // As PyTorch prints a large tensor: the first and last rows, `...` for the rest (and
+        // the ranked row wherever it is).
+        let n = r.rows.len();
+        let shown = |p: usize| {
+            n <= 2 * PREVIEW_ROWS || p < PREVIEW_ROWS || p >= n - PREVIEW_ROWS || p == r.position
+        };
+        let mut left_out = 0;
         for row in &r.rows {
+            if !shown(row.position) {
+                left_out += 1;
+                continue;
+            }
+            if left_out > 0 {
+                s += &format!(
+                    "  ...  ({} left out; --json lists every row)\n",
+                    count(left_out, "row")
+                );
+                left_out = 0;
+            }
             // ">" marks the row that is ranked below.
             let mark = if row.position == r.position { ">" } else { " " };
             s += &format!(
@@ -186,7 +207,7 @@ pub fn argmax(out: &mut dyn Write, format: Format, r: &ArgmaxReport) -> Result<(
             s += &steps_table(&r.steps);
             s.push('\n');
         }
-        s += &format!("text: {}\n", r.text);
+        s += &format!("text: {}\n", r.shown);
         if uses_g(r.steps.iter().map(|t| &t.token)) {
             s += G_NOTE;
         }

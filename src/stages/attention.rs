@@ -113,7 +113,7 @@ pub struct InductionScore {
 }
 
 pub struct AttentionRequest<'a> {
-    pub text: &'a str,
+    pub prompt: &'a crate::input::Prompt,
     pub layer: Option<usize>,
     pub head: Option<usize>,
     pub summary: bool,
@@ -121,7 +121,7 @@ pub struct AttentionRequest<'a> {
 }
 
 pub fn run(m: &LoadedModel, req: &AttentionRequest) -> Result<AttentionReport> {
-    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to run the model on");
+    ensure!(!req.prompt.is_empty(), "the text is empty: give a prompt to run the model on");
     let cfg = &m.model.cfg;
     let (layers, heads, kv_heads) =
         (cfg.num_hidden_layers, cfg.num_attention_heads, cfg.num_key_value_heads);
@@ -143,7 +143,7 @@ pub fn run(m: &LoadedModel, req: &AttentionRequest) -> Result<AttentionReport> {
         req.layer.is_some() || req.summary || req.induction,
         "give --layer L, --summary or --induction"
     );
-    let tokens = m.tokenizer.encode(req.text)?;
+    let tokens = req.prompt.tokens(&m.tokenizer)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     ensure!(!ids.is_empty(), "the text produced no tokens");
     let t = ids.len();
@@ -151,7 +151,7 @@ pub fn run(m: &LoadedModel, req: &AttentionRequest) -> Result<AttentionReport> {
     let group = heads / kv_heads.max(1);
     let kv_of = |h: usize| h / group.max(1);
     let mut report = AttentionReport {
-        input: req.text.to_string(),
+        input: req.prompt.text(&m.tokenizer)?,
         ids: ids.clone(),
         tokens: tokens.into_iter().map(|t| t.token).collect(),
         num_heads: heads,

@@ -1,9 +1,11 @@
 //! `lmscope generate` and `lmscope argmax`: append the chosen token and run the model again,
 //! with the KV cache so each new token costs one position of work.
 
+use crate::input::Prompt;
 use crate::load::LoadedModel;
 use crate::model::KvCache;
 use crate::sampling::{argmax, probabilities, Pipeline, Rng, Strategy};
+use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
@@ -30,7 +32,7 @@ pub struct Step {
 }
 
 pub struct GenerateRequest<'a> {
-    pub text: &'a str,
+    pub prompt: &'a Prompt,
     pub max_new_tokens: usize,
     pub strategy: Strategy,
     /// Stop when the model produces an end-of-sequence token.
@@ -38,6 +40,9 @@ pub struct GenerateRequest<'a> {
     /// The option that sets `max_new_tokens`, for messages (`--max-new-tokens`, argmax's
     /// `--steps`).
     pub limit_flag: &'static str,
+    /// Count the tokens on a progress line (where enabled; not when the text itself streams
+    /// onto the terminal).
+    pub progress: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -64,12 +69,12 @@ pub fn run(
     req: &GenerateRequest,
     on_step: &mut dyn FnMut(&Step) -> Result<()>,
 ) -> Result<GenerateReport> {
-    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to continue");
+    ensure!(!req.prompt.is_empty(), "the text is empty: give a prompt to continue");
     let flag = req.limit_flag;
     ensure!(req.max_new_tokens > 0, "{flag} must be at least 1");
     let cfg = &m.model.cfg;
     req.strategy.validate(cfg.vocab_size)?;
-    let prompt_ids = m.tokenizer.encode_ids(req.text)?;
+    let prompt_ids = req.prompt.ids(&m.tokenizer)?;
     ensure!(!prompt_ids.is_empty(), "the text produced no tokens");
     check_room(prompt_ids.len(), req.max_new_tokens, cfg.max_position_embeddings, flag)?;
 
@@ -81,6 +86,7 @@ pub fn run(
     let mut input = prompt_ids.clone();
     let mut steps = Vec::new();
     let mut stopped = "max_new_tokens";
+    let mut counter = None;
     for _ in 0..req.max_new_tokens {
         // Ctrl-C in the repl stops between tokens.
         crate::interrupt::check()?;
@@ -89,6 +95,13 @@ pub fn run(
         on_step(&step)?;
         let id = step.id;
         steps.push(step);
+        // Counted from the first token on: the prompt's pass has its own line.
+        if req.progress && counter.is_none() && req.max_new_tokens > 1 {
+            counter = crate::progress::counter("generating".into(), req.max_new_tokens as u64);
+        }
+        if let Some(c) = &counter {
+            c.set_position(steps.len() as u64);
+        }
         if req.stop_at_eos && cfg.eos_token_ids.contains(&id) {
             stopped = "eos";
             break;
@@ -111,7 +124,7 @@ pub fn run(
         ),
     };
     Ok(GenerateReport {
-        prompt: req.text.to_string(),
+        prompt: req.prompt.text(&m.tokenizer)?,
         generated: m.tokenizer.decode(&new_ids)?,
         text: m.tokenizer.decode(&all)?,
         prompt_ids,
@@ -121,6 +134,37 @@ pub fn run(
         seed,
         steps,
     })
+}
+
+/// Prompts of more tokens than this are echoed shortened by `argmax` and `generate`.
+pub const ECHO_WHOLE: usize = 64;
+/// How many tokens of a long prompt's start and end the echo keeps.
+pub const ECHO_HEAD: usize = 16;
+pub const ECHO_TAIL: usize = 32;
+
+/// The prompt as `argmax` and `generate` echo it before what they add: whole up to
+/// [`ECHO_WHOLE`] tokens, else its first [`ECHO_HEAD`] and last [`ECHO_TAIL`] tokens around a
+/// marker that says how many were left out (the JSON always has the whole prompt).
+pub fn echo(tokenizer: &Tokenizer, prompt: &Prompt) -> Result<String> {
+    let ids = prompt.ids(tokenizer)?;
+    if ids.len() <= ECHO_WHOLE {
+        return prompt.text(tokenizer);
+    }
+    let bytes = |ids: &[u32]| -> Result<Vec<u8>> {
+        let mut b = Vec::new();
+        for &id in ids {
+            b.extend(tokenizer.describe(id)?.bytes);
+        }
+        Ok(b)
+    };
+    let head = bytes(&ids[..ECHO_HEAD])?;
+    let tail = bytes(&ids[ids.len() - ECHO_TAIL..])?;
+    Ok(format!(
+        "{}[... {} left out ...]{}",
+        String::from_utf8_lossy(&head),
+        crate::text::count(ids.len() - ECHO_HEAD - ECHO_TAIL, "token"),
+        String::from_utf8_lossy(&tail)
+    ))
 }
 
 /// Refuses a prompt that leaves no room in the model's context, or more new tokens than fit.
@@ -198,20 +242,30 @@ pub struct ArgmaxReport {
     pub text: String,
     pub prompt_ids: Vec<u32>,
     pub steps: Vec<Step>,
+    /// `text` as the table shows it: a long prompt shortened ([`echo`]).
+    #[serde(skip)]
+    pub shown: String,
 }
 
-pub fn argmax_steps(m: &LoadedModel, text: &str, steps: usize) -> Result<ArgmaxReport> {
+pub fn argmax_steps(m: &LoadedModel, prompt: &Prompt, steps: usize) -> Result<ArgmaxReport> {
     ensure!(steps > 0, "--steps must be at least 1");
     let req = GenerateRequest {
-        text,
+        prompt,
         max_new_tokens: steps,
         strategy: Strategy::Greedy,
         stop_at_eos: false,
         limit_flag: "--steps",
+        progress: true,
     };
     let r = run(m, &req, &mut |_| Ok(()))?;
     let first = &r.steps[0];
+    let shown = if r.prompt_ids.len() <= ECHO_WHOLE {
+        r.text.clone()
+    } else {
+        echo(&m.tokenizer, prompt)? + &r.generated
+    };
     Ok(ArgmaxReport {
+        shown,
         id: first.id,
         token: first.token.clone(),
         prob: first.prob,

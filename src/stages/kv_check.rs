@@ -76,10 +76,11 @@ pub fn cache_bytes(
     layers * 2 * kv_heads * positions * head_dim * bytes
 }
 
-pub fn run(m: &LoadedModel, text: &str, steps: usize) -> Result<KvCheckReport> {
-    ensure!(!text.is_empty(), "the text is empty: give a prompt to run the model on");
+pub fn run(m: &LoadedModel, prompt: &crate::input::Prompt, steps: usize) -> Result<KvCheckReport> {
+    ensure!(!prompt.is_empty(), "the text is empty: give a prompt to run the model on");
+    let text = prompt.text(&m.tokenizer)?;
     ensure!(steps >= 1, "--steps must be at least 1, got {steps}");
-    let prompt = m.tokenizer.encode_ids(text)?;
+    let prompt = prompt.ids(&m.tokenizer)?;
     ensure!(!prompt.is_empty(), "the text produced no tokens");
     let cfg = &m.model.cfg;
     let context = cfg.max_position_embeddings;
@@ -100,6 +101,7 @@ pub fn run(m: &LoadedModel, text: &str, steps: usize) -> Result<KvCheckReport> {
     let mut cache = KvCache::new();
     let mut seq = prompt.clone();
     let mut out = Vec::with_capacity(steps);
+    let mut counter = None;
     for step in 1..=steps {
         // The cached step: the prompt into the empty cache, then one new token at a time.
         let new = if step == 1 { &seq[..] } else { &seq[seq.len() - 1..] };
@@ -136,10 +138,16 @@ pub fn run(m: &LoadedModel, text: &str, steps: usize) -> Result<KvCheckReport> {
             cache_bytes: size(cfg.num_key_value_heads, cache.len()),
         });
         seq.push(id);
+        if counter.is_none() && steps > 1 {
+            counter = crate::progress::counter("checking the cache".into(), steps as u64);
+        }
+        if let Some(c) = &counter {
+            c.set_position(step as u64);
+        }
     }
     let positions = cache.len();
     Ok(KvCheckReport {
-        input: text.to_string(),
+        input: text,
         prompt_ids: prompt,
         max_abs_diff: out.iter().map(|s| s.max_abs_diff).fold(0f32, f32::max),
         identical: out.iter().all(|s| s.agree),

@@ -86,7 +86,7 @@ pub struct TrackRow {
 }
 
 pub struct LensRequest<'a> {
-    pub text: &'a str,
+    pub prompt: &'a crate::input::Prompt,
     /// One position (negative from the end), or None for every position.
     pub position: Option<i64>,
     pub top_k: usize,
@@ -95,14 +95,14 @@ pub struct LensRequest<'a> {
 }
 
 pub fn run(m: &LoadedModel, req: &LensRequest) -> Result<LensReport> {
-    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to run the model on");
+    ensure!(!req.prompt.is_empty(), "the text is empty: give a prompt to run the model on");
     let vocab = m.model.cfg.vocab_size;
     ensure!(
         (1..=vocab).contains(&req.top_k),
         "--top-k must be between 1 and the vocabulary size {vocab}, got {}",
         req.top_k
     );
-    let tokens = m.tokenizer.encode(req.text)?;
+    let tokens = req.prompt.tokens(&m.tokenizer)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     let n = ids.len();
     ensure!(n > 0, "the text produced no tokens");
@@ -133,7 +133,7 @@ pub fn run_with(
     req: &LensRequest,
     tracked: Option<WordLookup>,
 ) -> Result<LensReport> {
-    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to run the model on");
+    ensure!(!req.prompt.is_empty(), "the text is empty: give a prompt to run the model on");
     if let Some(w) = &tracked {
         ensure!(w.ids.len() == 1 && w.tokens.len() == 1, "the tracked word must be one token");
     }
@@ -143,7 +143,7 @@ pub fn run_with(
         "--top-k must be between 1 and the vocabulary size {vocab}, got {}",
         req.top_k
     );
-    let tokens = m.tokenizer.encode(req.text)?;
+    let tokens = req.prompt.tokens(&m.tokenizer)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     let n = ids.len();
     ensure!(n > 0, "the text produced no tokens");
@@ -237,7 +237,7 @@ pub fn run_with(
         None => None,
     };
     Ok(LensReport {
-        input: req.text.to_string(),
+        input: req.prompt.text(&m.tokenizer)?,
         ids,
         tokens: tokens.into_iter().map(|t| t.token).collect(),
         top_k: req.top_k,

@@ -1,6 +1,7 @@
 //! `lmscope logits`: run the model on a prompt and rank the next token, the notebook's
 //! `model(**input_)`, `output.logits[0][-1]` and `logits.argmax()`.
 
+use crate::input::Prompt;
 use crate::load::LoadedModel;
 use crate::model::softmax_f64;
 use anyhow::{ensure, Result};
@@ -59,7 +60,7 @@ pub struct RowPreview {
 }
 
 pub struct LogitsRequest<'a> {
-    pub text: &'a str,
+    pub prompt: &'a Prompt,
     pub top_k: usize,
     /// 0-based, or negative from the end.
     pub position: i64,
@@ -68,7 +69,7 @@ pub struct LogitsRequest<'a> {
 }
 
 pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
-    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to run the model on");
+    ensure!(!req.prompt.is_empty(), "the text is empty: give a prompt to run the model on");
     let vocab = m.model.cfg.vocab_size;
     ensure!(
         (1..=vocab).contains(&req.top_k),
@@ -78,7 +79,7 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
     if let Some(t) = req.temperature {
         ensure!(t.is_finite() && t > 0.0, "--temperature must be a positive number, got {t}");
     }
-    let tokens = m.tokenizer.encode(req.text)?;
+    let tokens = req.prompt.tokens(&m.tokenizer)?;
     let ids: Vec<u32> = tokens.iter().map(|t| t.id).collect();
     let n = ids.len();
     ensure!(n > 0, "the text produced no tokens");
@@ -105,7 +106,7 @@ pub fn run(m: &LoadedModel, req: &LogitsRequest) -> Result<LogitsReport> {
         })
         .collect();
     Ok(LogitsReport {
-        input: req.text.to_string(),
+        input: req.prompt.text(&m.tokenizer)?,
         shape: [1, n, vocab],
         position,
         position_token: tokens[position].token.clone(),

@@ -10,7 +10,7 @@ use anyhow::{ensure, Result};
 use serde::Serialize;
 
 pub struct SampleRequest<'a> {
-    pub text: &'a str,
+    pub prompt: &'a crate::input::Prompt,
     pub settings: Settings,
     pub seed: u64,
     /// How many tokens to draw, appending each.
@@ -114,14 +114,14 @@ pub struct Candidate {
 }
 
 pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
-    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to sample after");
+    ensure!(!req.prompt.is_empty(), "the text is empty: give a prompt to sample after");
     ensure!(req.steps > 0, "--steps must be at least 1");
     if let Some(rows) = req.rows {
         ensure!(rows > 0, "--rows must be at least 1 (or \"all\")");
     }
     let cfg = &m.model.cfg;
     req.settings.validate(cfg.vocab_size)?;
-    let prompt_ids = m.tokenizer.encode_ids(req.text)?;
+    let prompt_ids = req.prompt.ids(&m.tokenizer)?;
     ensure!(!prompt_ids.is_empty(), "the text produced no tokens");
     let room = cfg.max_position_embeddings.saturating_sub(prompt_ids.len());
     ensure!(
@@ -137,6 +137,7 @@ pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
     let mut input = prompt_ids.clone();
     let mut steps = Vec::new();
     let mut stopped = "steps";
+    let mut counter = None;
     for step in 1..=req.steps {
         // Ctrl-C in the repl stops between tokens.
         crate::interrupt::check()?;
@@ -145,6 +146,13 @@ pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
         let u = rng.next_f64();
         let (id, lo, hi) = draw(&p.sampled, u);
         steps.push(describe_step(m, step, &logits, &p, id, u, [lo, hi], req.rows)?);
+        // Counted from the first draw on: the prompt's pass has its own line.
+        if counter.is_none() && req.steps > 1 {
+            counter = crate::progress::counter("sampling".into(), req.steps as u64);
+        }
+        if let Some(c) = &counter {
+            c.set_position(step as u64);
+        }
         if req.stop_at_eos && cfg.eos_token_ids.contains(&(id as u32)) {
             stopped = "eos";
             break;
@@ -154,7 +162,7 @@ pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
     let new_ids: Vec<u32> = steps.iter().map(|s| s.id).collect();
     let all: Vec<u32> = prompt_ids.iter().chain(&new_ids).copied().collect();
     Ok(SampleReport {
-        prompt: req.text.to_string(),
+        prompt: req.prompt.text(&m.tokenizer)?,
         text: m.tokenizer.decode(&all)?,
         prompt_ids,
         temperature: req.settings.temperature,

@@ -84,7 +84,8 @@ pub enum ScoreReport {
 }
 
 pub struct ScoreRequest<'a> {
-    pub texts: &'a [String],
+    /// The texts to score (text or ids).
+    pub texts: &'a [crate::input::Prompt],
     pub prompt: Option<&'a str>,
 }
 
@@ -123,10 +124,11 @@ fn score_one(
     m: &LoadedModel,
     prompt: Option<&str>,
     prompt_tokens: &[Token],
-    text: &str,
+    candidate: &crate::input::Prompt,
 ) -> Result<TextScore> {
-    ensure!(!text.is_empty(), "a text to score is empty: give at least one character");
-    let mut own = m.tokenizer.encode(text)?;
+    ensure!(!candidate.is_empty(), "a text to score is empty: give at least one character");
+    let text = &candidate.text(&m.tokenizer)?;
+    let mut own = candidate.tokens(&m.tokenizer)?;
     ensure!(!own.is_empty(), "{text:?} produced no tokens");
     // A tokenizer that adds a BOS token adds it to the prompt already, not again mid-sequence.
     if let (Some(first), Some(p)) = (own.first(), prompt_tokens.first()) {

@@ -39,6 +39,18 @@ pub fn from_text(tokenizer: &Tokenizer, text: &str) -> Result<TokenizeReport> {
     })
 }
 
+/// Tokenizes a prompt: [`from_text`] or [`from_ids`].
+pub fn from_prompt(tokenizer: &Tokenizer, prompt: &crate::input::Prompt) -> Result<TokenizeReport> {
+    match prompt {
+        crate::input::Prompt::Text(text) => from_text(tokenizer, text),
+        crate::input::Prompt::Ids(ids) => {
+            // The same check and message as every command that takes --ids.
+            prompt.ids(tokenizer)?;
+            from_ids(tokenizer, ids)
+        }
+    }
+}
+
 /// Describes and decodes a list of ids.
 pub fn from_ids(tokenizer: &Tokenizer, ids: &[u32]) -> Result<TokenizeReport> {
     ensure!(!ids.is_empty(), "--ids is empty: give at least one token id");

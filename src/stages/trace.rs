@@ -9,6 +9,7 @@ use super::lens::{self, LensReport};
 use super::logits::{self, LogitsReport};
 use super::sample::{self, SampleReport};
 use super::tokenize::{self, TokenizeReport};
+use crate::input::Prompt;
 use crate::load::LoadedModel;
 use crate::model::Capture;
 use crate::sampling::{Settings, Strategy};
@@ -141,7 +142,7 @@ pub struct TraceGenerate {
 }
 
 pub struct TraceRequest<'a> {
-    pub text: &'a str,
+    pub prompt: &'a Prompt,
     pub model: &'a str,
     pub command: String,
     /// None: greedy; Some: sampled with these settings and seed.
@@ -151,14 +152,14 @@ pub struct TraceRequest<'a> {
 }
 
 pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
-    ensure!(!req.text.is_empty(), "the text is empty: give a prompt to trace");
+    ensure!(!req.prompt.is_empty(), "the text is empty: give a prompt to trace");
     let cfg = &m.model.cfg;
     if let Some((s, _)) = &req.sample {
         s.validate(cfg.vocab_size)?;
     }
 
     // Tokens.
-    let tok = tokenize::from_text(&m.tokenizer, req.text)?;
+    let tok = tokenize::from_prompt(&m.tokenizer, req.prompt)?;
     ensure!(!tok.ids.is_empty(), "the text produced no tokens");
     let bos_added =
         tok.tokens.first().is_some_and(|t| t.special && t.start.is_none_or(|s| Some(s) == t.end));
@@ -182,7 +183,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
 
     // The final logits first: the lens follows their top-1 through the layers.
     let lreq = logits::LogitsRequest {
-        text: req.text,
+        prompt: req.prompt,
         top_k: TOP_K.min(cfg.vocab_size),
         position: -1,
         full: false,
@@ -197,7 +198,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
         tokens: vec![top.token.clone()],
     };
     let lens_req = lens::LensRequest {
-        text: req.text,
+        prompt: req.prompt,
         position: None,
         top_k: LENS_TOP_K.min(cfg.vocab_size),
         track: None,
@@ -205,7 +206,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
     };
     let lens = lens::run_with(m, &lens_req, Some(tracked))?;
 
-    let attention = trace_attention(m, req.text, &ids)?;
+    let attention = trace_attention(m, req.prompt, &ids)?;
 
     // The next token: the argmax, or one sampled step.
     let (next, sample) = match &req.sample {
@@ -223,7 +224,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
         }
         Some((settings, seed)) => {
             let sreq = sample::SampleRequest {
-                text: req.text,
+                prompt: req.prompt,
                 settings: *settings,
                 seed: *seed,
                 steps: 1,
@@ -256,11 +257,12 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
             },
         };
         let greq = generate::GenerateRequest {
-            text: req.text,
+            prompt: req.prompt,
             max_new_tokens: req.steps,
             strategy,
             stop_at_eos: true,
             limit_flag: "--steps",
+            progress: true,
         };
         let report = generate::run(m, &greq, &mut |_| Ok(()))?;
         let surprisal_bits = report.steps.iter().map(|s| -s.prob.log2()).collect();
@@ -273,7 +275,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
         version: env!("CARGO_PKG_VERSION").to_string(),
         model: req.model.to_string(),
         command: req.command.clone(),
-        input: req.text.to_string(),
+        input: req.prompt.text(&m.tokenizer)?,
         tokenize: TraceTokens { report: tok, bos_added },
         embed,
         residual,
@@ -312,9 +314,9 @@ fn residual(m: &LoadedModel, ids: &[u32]) -> Result<Residual> {
 /// How many heads of each layer a trace lists as the strongest.
 const STRONGEST: usize = 3;
 
-fn trace_attention(m: &LoadedModel, text: &str, ids: &[u32]) -> Result<TraceAttention> {
+fn trace_attention(m: &LoadedModel, prompt: &Prompt, ids: &[u32]) -> Result<TraceAttention> {
     let areq = attention::AttentionRequest {
-        text,
+        prompt,
         layer: None,
         head: None,
         summary: true,
