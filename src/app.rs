@@ -2,7 +2,7 @@
 //! [`run`] once; a session that keeps the model loaded calls it for every line.
 
 use crate::cli::{
-    Cli, ColorArgs, ColorWhen, Command, Dims, Dtype, GlobalArgs, PoolArg, Rows, SpaceArg,
+    ChatArgs, Cli, ColorArgs, ColorWhen, Command, Dims, Dtype, GlobalArgs, PoolArg, Rows, SpaceArg,
     SpaceArgs, WordArgs,
 };
 use crate::load;
@@ -155,7 +155,9 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             let tokenizer = session.tokenizer(g)?;
             let r = match (&args.ids, &args.text) {
                 (Some(ids), _) => tokenize::from_ids(tokenizer, ids)?,
-                (None, Some(text)) => tokenize::from_text(tokenizer, text)?,
+                (None, Some(text)) => {
+                    tokenize::from_text(tokenizer, &chat_text(&args.chat, tokenizer, g, text)?)?
+                }
                 (None, None) => anyhow::bail!("give a TEXT to tokenize or --ids"),
             };
             render::tokenize(out, format, &r)?;
@@ -168,8 +170,9 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                  .logits` prints the row)"
             );
             let m = session.model(g)?;
+            let text = chat_text(&args.chat, &m.tokenizer, g, &args.text)?;
             let req = logits::LogitsRequest {
-                text: &args.text,
+                text: &text,
                 top_k: args.top_k,
                 position: args.position,
                 full: args.full,
@@ -190,10 +193,11 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         }
         Command::Argmax(args) => {
             let m = session.model(g)?;
-            let r = generate::argmax_steps(m, &args.text, args.steps)?;
+            let text = chat_text(&args.chat, &m.tokenizer, g, &args.text)?;
+            let r = generate::argmax_steps(m, &text, args.steps)?;
             let first = &r.steps[0];
             session.set_ranking(Some(Ranking {
-                text: args.text.clone(),
+                text: text.into_owned(),
                 ids: r.prompt_ids.clone(),
                 position: r.prompt_ids.len() - 1,
                 candidates: vec![
@@ -245,8 +249,9 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             } else {
                 Strategy::Greedy
             };
+            let text = chat_text(&args.chat, &m.tokenizer, g, &args.text)?;
             let req = generate::GenerateRequest {
-                text: &args.text,
+                text: &text,
                 max_new_tokens: args.max_new_tokens,
                 strategy,
                 stop_at_eos: !args.ignore_eos,
@@ -256,7 +261,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                 Format::Json => render::generate(out, &generate::run(m, &req, &mut |_| Ok(()))?)?,
                 Format::Human => {
                     // The prompt is printed with the first token: an error comes out alone.
-                    let mut stream = render::TextStream::new(out, &args.text);
+                    let mut stream = render::TextStream::new(out, &text);
                     let r = generate::run(m, &req, &mut |step| stream.push(step))?;
                     stream.finish(&r, args.show_steps)?;
                 }
@@ -391,6 +396,21 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// The text a command runs on: as given, or with --chat the prompt the model's chat template
+/// makes of it ([`crate::chat::prompt`]).
+fn chat_text<'a>(
+    args: &ChatArgs,
+    tokenizer: &Tokenizer,
+    g: &GlobalArgs,
+    text: &'a str,
+) -> Result<std::borrow::Cow<'a, str>> {
+    if !args.chat {
+        return Ok(text.into());
+    }
+    let model = g.model_name()?;
+    Ok(crate::chat::prompt(tokenizer, &model, args.system.as_deref(), text)?.into())
 }
 
 /// How shaded tables are drawn: colour on a terminal (--color auto) unless NO_COLOR is set.

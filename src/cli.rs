@@ -92,7 +92,7 @@ pub enum Dtype {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Split text into tokens: ids, vocabulary strings, byte offsets, and the decoded round trip
-    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282"]))]
+    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282", "tokenize --chat \"What is the capital of Finland?\""]))]
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
     #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5"]))]
@@ -110,7 +110,7 @@ pub enum Command {
     #[command(after_help = example(&["model"]))]
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
-    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40"]))]
+    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40", "generate --chat \"What is the capital of Finland?\""]))]
     Generate(GenerateArgs),
     /// How likely the model finds a text: every token's log-probability, rank and surprisal
     #[command(after_help = example(&["score --prompt \"The capital of Finland is\" \" Helsinki.\" \" Stockholm.\""]))]
@@ -158,6 +158,21 @@ fn example(commands: &[&str]) -> String {
     s
 }
 
+/// `--chat` and `--system`: the text as a user message in the model's own chat template.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChatArgs {
+    /// Wrap the text as a user message in the model's own chat template (from the model's
+    /// files), with the assistant's turn opened, as transformers' apply_chat_template(..,
+    /// add_generation_prompt=True) does: for chat models such as SmolLM2-135M-Instruct
+    #[arg(long)]
+    pub chat: bool,
+
+    /// With --chat: a system message before the user's (without it, the template's own default
+    /// system message, if it has one)
+    #[arg(long, requires = "chat", value_name = "TEXT")]
+    pub system: Option<String>,
+}
+
 #[derive(Debug, Args)]
 pub struct TokenizeArgs {
     /// The text to tokenize
@@ -165,8 +180,11 @@ pub struct TokenizeArgs {
     pub text: Option<String>,
 
     /// Go the other way: comma-separated token ids to show and decode (e.g. 504,3575,282)
-    #[arg(long, value_delimiter = ',', conflicts_with = "text", value_name = "IDS")]
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["text", "chat"], value_name = "IDS")]
     pub ids: Option<Vec<u32>>,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 #[derive(Debug, Args)]
@@ -190,6 +208,9 @@ pub struct LogitsArgs {
     /// Also show the probabilities after dividing the logits by this temperature
     #[arg(long, allow_negative_numbers = true, value_name = "T")]
     pub temperature: Option<f64>,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 #[derive(Debug, Args)]
@@ -200,6 +221,9 @@ pub struct ArgmaxArgs {
     /// How many tokens to predict, appending each and running again (with the KV cache)
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub steps: usize,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 /// How a word that is several tokens is turned into one vector.
@@ -301,6 +325,9 @@ pub struct GenerateArgs {
     /// Keep going past end-of-sequence tokens
     #[arg(long)]
     pub ignore_eos: bool,
+
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 #[derive(Debug, Args)]
