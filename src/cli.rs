@@ -92,7 +92,7 @@ pub enum Dtype {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Split text into tokens: ids, vocabulary strings, byte offsets, and the decoded round trip
-    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282", "tokenize --chat \"What is the capital of Finland?\""]))]
+    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282", "tokenize --chat \"Which city is the capital of Finland?\""]))]
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
     #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5"]))]
@@ -110,7 +110,7 @@ pub enum Command {
     #[command(after_help = example(&["model"]))]
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
-    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40", "generate --chat \"What is the capital of Finland?\""]))]
+    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40", "generate --chat \"Which city is the capital of Finland?\""]))]
     Generate(GenerateArgs),
     /// How likely the model finds a text: every token's log-probability, rank and surprisal
     #[command(after_help = example(&["score --prompt \"The capital of Finland is\" \" Helsinki.\" \" Stockholm.\""]))]
