@@ -9,6 +9,9 @@ corpus/gguf/seed-small-{f32,q8_0,q4}.gguf   complete 1-layer Llama GGUFs (vocab 
 corpus/safetensors/seed-small-config+model  a complete 1-layer config.json + separator + safetensors
                                             (F32, F16 and BF16 tensors).
 corpus/tokenizer/seed-case-NN.txt           the texts of fixtures/smollm2/tokenizer_corpus.json.
+corpus/chat_template/seed-NAME.jinja        the chat templates of fixtures/chat/reference.json (SmolLM2's
+                                            and four in the style of other models), each followed by a
+                                            NUL byte and a user message.
 corpus/gguf/seed-tiny-llama-{f32,q8_0}.gguf and corpus/safetensors/seed-tiny-llama.safetensors
                                             copies of the tiny fixtures.
 """
@@ -189,7 +192,8 @@ def main():
     gguf_dir = HERE / "corpus" / "gguf"
     st_dir = HERE / "corpus" / "safetensors"
     tok_dir = HERE / "corpus" / "tokenizer"
-    for d in (gguf_dir, st_dir, tok_dir):
+    chat_dir = HERE / "corpus" / "chat_template"
+    for d in (gguf_dir, st_dir, tok_dir, chat_dir):
         d.mkdir(parents=True, exist_ok=True)
     (gguf_dir / "seed-small-f32.gguf").write_bytes(small_gguf({"*": "F32", "token_embd": "F16"}))
     (gguf_dir / "seed-small-q8_0.gguf").write_bytes(small_gguf({"*": "Q8_0"}))
@@ -203,6 +207,12 @@ def main():
     cases = json.loads((FIXTURES / "smollm2" / "tokenizer_corpus.json").read_text())["cases"]
     for i, case in enumerate(cases):
         (tok_dir / f"seed-case-{i:02}.txt").write_bytes(case["text"].encode())
+    chat = json.loads((FIXTURES / "chat" / "reference.json").read_text(encoding="utf-8"))
+    templates = [("smollm2", chat["chat_template"])]
+    templates += [(t["name"], t["template"]) for t in chat["templates"]]
+    for name, source in templates:
+        user = "Hyvää päivää! What is the capital of Finland?"
+        (chat_dir / f"seed-{name}.jinja").write_bytes(source.encode() + b"\0" + user.encode())
 
 
 if __name__ == "__main__":

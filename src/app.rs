@@ -89,9 +89,19 @@ impl Session {
         self.stdin = Stdin::Taken;
     }
 
-    /// The prompt a command's input options give.
-    pub fn prompt(&self, input: &InputArgs) -> Result<Prompt> {
-        input.resolve(self.stdin)
+    /// The prompt a command's input options give; with `--chat`, the text as a user message in
+    /// the model's own chat template ([`crate::chat::prompt`]).
+    pub fn prompt(&mut self, input: &InputArgs, g: &GlobalArgs) -> Result<Prompt> {
+        let prompt = input.resolve(self.stdin)?;
+        match prompt {
+            Prompt::Text(text) if input.chat.chat => {
+                let tokenizer = self.tokenizer(g)?;
+                let model = g.model_name()?;
+                let system = input.chat.system.as_deref();
+                Ok(Prompt::Text(crate::chat::prompt(tokenizer, &model, system, &text)?))
+            }
+            prompt => Ok(prompt),
+        }
     }
 
     /// The model the global options name, loaded once per session.
@@ -166,7 +176,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
     }
     match &cli.command {
         Command::Tokenize(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let tokenizer = session.tokenizer(g)?;
             let r = tokenize::from_prompt(tokenizer, &prompt)?;
             render::tokenize(out, format, &r)?;
@@ -178,7 +188,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
                  each row's first and last three values; `lmscope logits --json --full TEXT | jq \
                  .logits` prints the row)"
             );
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let m = session.model(g)?;
             let req = logits::LogitsRequest {
                 prompt: &prompt,
@@ -201,7 +211,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::logits(out, format, &r)?;
         }
         Command::Argmax(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let m = session.model(g)?;
             let r = generate::argmax_steps(m, &prompt, args.steps)?;
             let first = &r.steps[0];
@@ -247,7 +257,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::model(out, format, &model_info::run(m)?)?;
         }
         Command::Generate(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let m = session.model(g)?;
             let strategy = if args.sample {
                 Strategy::Sample {
@@ -287,7 +297,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::score(out, format, &score::run(m, &req)?)?;
         }
         Command::Sample(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let m = session.model(g)?;
             let req = sample::SampleRequest {
                 prompt: &prompt,
@@ -318,7 +328,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::analogy(out, format, &r)?;
         }
         Command::Lens(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let m = session.model(g)?;
             let req = lens::LensRequest {
                 prompt: &prompt,
@@ -330,7 +340,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::lens(out, format, &lens::run(m, &req)?, shade(&args.color))?;
         }
         Command::Attention(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let m = session.model(g)?;
             let req = attention::AttentionRequest {
                 prompt: &prompt,
@@ -342,7 +352,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             render::attention(out, format, &attention::run(m, &req)?, shade(&args.color))?;
         }
         Command::KvCheck(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             let m = session.model(g)?;
             render::kv_check(out, format, &kv_check::run(m, &prompt, args.steps)?)?;
         }
@@ -354,7 +364,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         Command::Man(args) => man_page(out, args.command.as_deref())?,
         Command::Repl => crate::repl::run(cli, session, out)?,
         Command::Trace(args) => {
-            let prompt = session.prompt(&args.input)?;
+            let prompt = session.prompt(&args.input, g)?;
             // Open the page's file first: a bad path fails before the model runs.
             let mut page = match &args.html {
                 Some(path) => Some((

@@ -93,7 +93,7 @@ pub enum Dtype {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Split text into tokens: ids, vocabulary strings, byte offsets, and the decoded round trip
-    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282"]))]
+    #[command(after_help = example(&["tokenize \"The capital of Finland is\"", "tokenize --ids 504,3575,282", "tokenize --chat \"Which city is the capital of Finland?\""]))]
     Tokenize(TokenizeArgs),
     /// Run the model and show the logits tensor and the top-k next tokens
     #[command(after_help = example(&["logits \"The capital of Finland is\" --top-k 5", "logits --ids 504,3575,282,17446,314 --top-k 5"]))]
@@ -111,7 +111,7 @@ pub enum Command {
     #[command(after_help = example(&["model"]))]
     Model,
     /// Continue a text, token by token (greedy, or sampled with --sample)
-    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40"]))]
+    #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40", "generate --chat \"Which city is the capital of Finland?\""]))]
     Generate(GenerateArgs),
     /// How likely the model finds a text: every token's log-probability, rank and surprisal
     #[command(after_help = example(&["score --prompt \"The capital of Finland is\" \" Helsinki.\" \" Stockholm.\""]))]
@@ -157,6 +157,21 @@ fn example(commands: &[&str]) -> String {
         s += &format!("\n  $ lmscope {c}");
     }
     s
+}
+
+/// `--chat` and `--system`: the text as a user message in the model's own chat template.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ChatArgs {
+    /// Wrap the text as a user message in the model's own chat template (from the model's
+    /// files), with the assistant's turn opened, as transformers' apply_chat_template(..,
+    /// add_generation_prompt=True) does: for chat models such as SmolLM2-135M-Instruct
+    #[arg(long)]
+    pub chat: bool,
+
+    /// With --chat: a system message before the user's (without it, the template's own default
+    /// system message, if it has one)
+    #[arg(long, requires = "chat", value_name = "TEXT")]
+    pub system: Option<String>,
 }
 
 #[derive(Debug, Args)]

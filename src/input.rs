@@ -27,8 +27,11 @@ pub struct InputArgs {
 
     /// Token ids instead of a text, as tokenize prints them: 504,3575,282 (also "504, 3575" or
     /// "[504, 3575]"); used exactly as given (no BOS token is added)
-    #[arg(long, value_name = "IDS", num_args = 1.., value_parser = parse_ids, conflicts_with = "text")]
+    #[arg(long, value_name = "IDS", num_args = 1.., value_parser = parse_ids, conflicts_with_all = ["text", "chat"])]
     pub ids: Option<Vec<IdList>>,
+
+    #[command(flatten)]
+    pub chat: crate::cli::ChatArgs,
 }
 
 /// The ids of one `--ids` word (`504,3575`, `[504,`, `3575]`).

@@ -7,6 +7,7 @@
 //! [`render`] writes it as a table or as JSON to a writer.
 
 pub mod app;
+pub mod chat;
 pub mod cli;
 pub mod config;
 pub mod gguf;

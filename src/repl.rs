@@ -218,7 +218,7 @@ impl Repl {
             eprintln!("{}", crate::timings::summary(start.elapsed()));
         }
         if session.rankings_set() != serial {
-            self.ranking_line = Some(without_text(words));
+            self.ranking_line = Some(without_chat(&without_text(words)));
             self.ranking_serial = session.rankings_set();
         }
         match result {
@@ -626,6 +626,25 @@ fn without_text(words: &[String]) -> Vec<String> {
         Some((_, m)) if ["ids", "file", TEXT].iter().all(|id| !given(&m, id)) => rest,
         _ => words.to_vec(),
     }
+}
+
+/// A line without `--chat` and `--system TEXT`: a ranking's text made with --chat is already the
+/// rendered prompt, so `:pick` runs the line again on it as it is (not wrapped a second time).
+fn without_chat(words: &[String]) -> Vec<String> {
+    let mut out = Vec::with_capacity(words.len());
+    let mut skip_value = false;
+    for w in words {
+        if std::mem::take(&mut skip_value) {
+            continue;
+        }
+        match w.as_str() {
+            "--chat" => {}
+            "--system" => skip_value = true,
+            w if w.starts_with("--system=") => {}
+            _ => out.push(w.clone()),
+        }
+    }
+    out
 }
 
 /// The settings the repl's own global options start: `lmscope --json repl` prints every line as
@@ -1225,6 +1244,19 @@ mod tests {
             without_text(&words("argmax --file t.txt --steps 2")),
             words("argmax --steps 2")
         );
+    }
+
+    #[test]
+    fn pick_runs_a_chat_line_without_wrapping_again() {
+        assert_eq!(
+            without_chat(&without_text(&words("logits --chat --system \"Be brief.\" -k 3 Hi"))),
+            words("logits -k 3")
+        );
+        assert_eq!(
+            without_chat(&words("argmax --system=x --chat --steps 2")),
+            words("argmax --steps 2")
+        );
+        assert_eq!(without_chat(&words("logits -k 3")), words("logits -k 3"));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! in Python. For a GGUF file the same kind of tokenizer is rebuilt from the file's
 //! `tokenizer.ggml.*` metadata (byte-level BPE from its tokens and merges).
 
+use crate::chat::ChatTemplate;
 use crate::gguf::GgufFile;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use std::collections::HashMap;
@@ -52,6 +53,9 @@ pub struct Tokenizer {
     id_limit: usize,
     /// Ids of special tokens (`<|im_start|>`, ...).
     specials: std::collections::HashSet<u32>,
+    /// The model's chat template, if it has one (an error found reading it is kept for
+    /// `--chat`: other commands do not need the template).
+    chat_template: std::result::Result<Option<ChatTemplate>, String>,
 }
 
 impl Tokenizer {
@@ -66,7 +70,8 @@ impl Tokenizer {
         .with_context(|| format!("invalid tokenizer {}", path.display()))?;
         let byte_level =
             json.get("decoder").map(|d| d.to_string().contains("\"ByteLevel\"")).unwrap_or(false);
-        Ok(Self::wrap(inner, byte_level, None))
+        let chat = ChatTemplate::beside_tokenizer(path).map_err(|e| format!("{e:#}"));
+        Ok(Self::wrap(inner, byte_level, None, chat))
     }
 
     /// Builds the tokenizer a GGUF file describes in its `tokenizer.ggml.*` metadata.
@@ -140,10 +145,16 @@ impl Tokenizer {
         let bos = crate::config::token_id(gguf, "tokenizer.ggml.bos_token_id")?;
         let add_bos =
             gguf.get("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
-        Ok(Self::wrap(inner, true, bos.filter(|_| add_bos)))
+        let chat = ChatTemplate::from_gguf(gguf, &tokens).map_err(|e| format!("{e:#}"));
+        Ok(Self::wrap(inner, true, bos.filter(|_| add_bos), chat))
     }
 
-    fn wrap(inner: tokenizers::Tokenizer, byte_level: bool, add_bos: Option<u32>) -> Self {
+    fn wrap(
+        inner: tokenizers::Tokenizer,
+        byte_level: bool,
+        add_bos: Option<u32>,
+        chat_template: std::result::Result<Option<ChatTemplate>, String>,
+    ) -> Self {
         let char_to_byte = bytes_to_unicode().into_iter().map(|(b, c)| (c, b)).collect();
         let id_limit = inner.get_vocab(true).values().max().map_or(0, |&id| id as usize + 1);
         let specials = inner
@@ -152,7 +163,21 @@ impl Tokenizer {
             .filter(|(_, t)| t.special)
             .map(|(id, _)| id)
             .collect();
-        Tokenizer { inner, byte_level, char_to_byte, add_bos, id_limit, specials }
+        Tokenizer { inner, byte_level, char_to_byte, add_bos, id_limit, specials, chat_template }
+    }
+
+    /// The model's chat template ([`crate::chat`]), if it has one.
+    pub fn chat_template(&self) -> Result<Option<&ChatTemplate>> {
+        self.chat_template.as_ref().map(Option::as_ref).map_err(|e| anyhow!("{e}"))
+    }
+
+    /// The vocabulary string of the special token `encode` puts in front of every text by
+    /// itself (a BOS token), if it puts one there.
+    pub fn added_bos(&self) -> Result<Option<String>> {
+        match self.encode("")?.first() {
+            Some(t) if t.special => Ok(Some(t.token.clone())),
+            _ => Ok(None),
+        }
     }
 
     /// Number of ids the tokenizer can produce (vocabulary plus added tokens).

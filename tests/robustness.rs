@@ -4,9 +4,10 @@
 mod common;
 
 use candle_core::DType;
-use common::{lmscope_err, repo_path, tiny_dir};
+use common::{lmscope, lmscope_err, repo_path, tiny_dir};
 use lmscope::load;
 use lmscope::source::ModelSpec;
+use serde_json::Value;
 use std::path::Path;
 
 /// Loads a model (config, tokenizer, weights) the way every command does.
@@ -236,4 +237,96 @@ fn malformed_weight_shapes_are_refused() {
         let stderr = lmscope_err(&["--model", dir.path().to_str().unwrap(), "logits", "hi"]);
         assert!(stderr.contains("model.embed_tokens.weight has shape"), "{shape:?}: {stderr}");
     }
+}
+
+/// A model directory (the tiny tokenizer) whose tokenizer_config.json holds `chat_template`.
+fn tokenizer_with_template(template: &Value) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(tiny_dir().join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    let config = serde_json::json!({"bos_token": "<|endoftext|>", "chat_template": template});
+    std::fs::write(dir.path().join("tokenizer_config.json"), config.to_string()).unwrap();
+    dir
+}
+
+/// The tiny GGUF with one more metadata entry, `tokenizer.chat_template` = `template` (padded
+/// with a Jinja comment so the header keeps its 32-byte alignment and the tensors their offsets).
+fn gguf_with_template(template: &str) -> Vec<u8> {
+    let bytes = std::fs::read(repo_path("fixtures/tiny-llama-f32.gguf")).unwrap();
+    let key = b"tokenizer.chat_template";
+    let mut source = template.to_string();
+    let entry_len = |s: &str| 8 + key.len() + 4 + 8 + s.len();
+    if entry_len(&source) % 32 != 0 {
+        source += "{#";
+        while entry_len(&source) % 32 != 30 {
+            source.push(' ');
+        }
+        source += "#}";
+    }
+    let mut entry = (key.len() as u64).to_le_bytes().to_vec();
+    entry.extend_from_slice(key);
+    entry.extend_from_slice(&8u32.to_le_bytes()); // a string
+    entry.extend_from_slice(&(source.len() as u64).to_le_bytes());
+    entry.extend_from_slice(source.as_bytes());
+    assert_eq!(entry.len() % 32, 0);
+    // Header: magic, version, tensor count, metadata count, then the entries.
+    let mut out = bytes[..16].to_vec();
+    let count = u64::from_le_bytes(bytes[16..24].try_into().unwrap());
+    out.extend_from_slice(&(count + 1).to_le_bytes());
+    out.extend_from_slice(&entry);
+    out.extend_from_slice(&bytes[24..]);
+    out
+}
+
+/// The model's chat template is untrusted code: an endless loop, a huge output, exponential
+/// growth, deep recursion, deep nesting, a syntax error, an include, a template that raises, a
+/// template that is not a string. Each fails in a moment with one line and exit code 1, never a
+/// panic, a hang or a huge allocation; in tokenizer_config.json and in GGUF metadata alike.
+#[test]
+fn hostile_chat_templates_are_clean_errors() {
+    let deep = format!("{{{{ {}1{} }}}}", "(".repeat(5000), ")".repeat(5000));
+    let cases: Vec<(Value, &str)> = vec![
+        (Value::from("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"), "ran out of fuel"),
+        (Value::from("{% for i in range(100000) %}{% for j in range(100000) %}{{ bos_token }}{% endfor %}{% endfor %}"), "wrote more than"),
+        (Value::from("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(60) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}"), "ran out of fuel"),
+        (Value::from("{% set ns = namespace(s='x') %}{% for i in range(40) %}{% set ns.s = ns.s.replace('x', 'xx') %}{% endfor %}"), "ran out of fuel"),
+        (Value::from("{% for i in range(100000) %}{{ messages[0].content }}{% endfor %}"), "wrote more than"),
+        (Value::from("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}"), "recursion"),
+        (Value::from(deep), "recursion"),
+        (Value::from("{% for m in messages %}{{ m.content }"), "is not a valid template: syntax error"),
+        (Value::from("{% include 'chat_template.jinja' %}"), "the chat template (chat_template in"),
+        (Value::from("{% extends '/etc/passwd' %}"), "the chat template (chat_template in"),
+        (Value::from("{{ raise_exception('Conversation roles must alternate') }}"), "refused the conversation: Conversation roles must alternate"),
+        (Value::from(42), "chat_template in"),
+    ];
+    let user = "x".repeat(2000);
+    for (template, expected) in &cases {
+        let dir = tokenizer_with_template(template);
+        let started = std::time::Instant::now();
+        let err =
+            lmscope_err(&["--model", dir.path().to_str().unwrap(), "tokenize", "--chat", &user]);
+        assert!(err.contains(expected), "{template}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{template}: {err}");
+        assert!(started.elapsed().as_secs() < 20, "{template} took {:?}", started.elapsed());
+        // Without --chat the template is not used, and the model works.
+        lmscope()
+            .args(["--model", dir.path().to_str().unwrap(), "tokenize", "hi"])
+            .assert()
+            .success();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hostile.gguf");
+    let m = path.to_str().unwrap();
+    for (template, expected) in &cases[..8] {
+        std::fs::write(&path, gguf_with_template(template.as_str().unwrap())).unwrap();
+        let err = lmscope_err(&["--model", m, "logits", "--chat", &user]);
+        assert!(err.contains(expected), "{template}: {err}");
+        assert!(err.contains("tokenizer.chat_template in the GGUF metadata"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{template}: {err}");
+    }
+    // The same file with a harmless template runs, and the template is the one written.
+    std::fs::write(&path, gguf_with_template("[{{ messages[0].content }}]")).unwrap();
+    let out = lmscope().args(["--model", m, "--json", "logits", "--chat", "hi"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["input"], "[hi]");
 }
