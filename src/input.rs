@@ -262,6 +262,7 @@ mod tests {
             text: text.iter().map(|s| s.to_string()).collect(),
             file: None,
             ids: ids.map(|w| w.iter().map(|s| parse_ids(s).unwrap()).collect()),
+            chat: Default::default(),
         }
     }
 
