@@ -9,6 +9,9 @@
 //!
 //! `--busy S` keeps one core busy with another process (a bounded spin loop of at most S seconds)
 //! while measuring: what a student's laptop gives with a browser or a build beside it.
+//! `--forms exact` measures the exact path alone (`--forms quantized` the other; both by default):
+//! on backends without lmscope's 8-bit kernel, `--quantized` runs on candle's unvectorised Q4_1
+//! product and takes minutes.
 //!
 //! Prints one JSON object. benches/peers/bench_peers.py runs it as
 //!
@@ -37,6 +40,8 @@ struct Args {
     long_text: String,
     /// Keep one core busy with another process while measuring (seconds it may run at most).
     busy: usize,
+    /// The matrix forms measured: the exact path, `--quantized`, or both (the default).
+    forms: Vec<String>,
 }
 
 fn parse() -> Result<Args> {
@@ -50,6 +55,7 @@ fn parse() -> Result<Args> {
         prompt: "The capital of Finland is".into(),
         long_text: "Finland is a Nordic country in Northern Europe. ".repeat(12),
         busy: 0,
+        forms: vec!["exact".into(), "quantized".into()],
     };
     let mut it = std::env::args().skip(1);
     let bench = std::env::args().any(|a| a == "--bench");
@@ -71,12 +77,16 @@ fn parse() -> Result<Args> {
             "--prompt" => args.prompt = value.clone(),
             "--long-text" => args.long_text = value.clone(),
             "--busy" => args.busy = number()?,
+            "--forms" => args.forms = value.split(',').map(|f| f.trim().to_string()).collect(),
             "--spin" => spin(number()?),
             _ => bail!("unknown argument {flag}"),
         }
     }
     if args.reps == 0 || args.decode_reps == 0 || args.new_tokens < 2 {
         bail!("--reps and --decode-reps must be positive, --new-tokens at least 2");
+    }
+    if let Some(f) = args.forms.iter().find(|f| !["exact", "quantized"].contains(&f.as_str())) {
+        bail!("--forms {f}: the forms are exact and quantized (comma-separated)");
     }
     Ok(args)
 }
@@ -171,6 +181,9 @@ fn main() -> Result<()> {
         ("exact", MatrixForm::Exact(candle_core::DType::F32)),
         ("quantized", MatrixForm::Quantized),
     ] {
+        if !args.forms.iter().any(|f| f == name) {
+            continue;
+        }
         let m = load::load_as(&resolved, form)?;
         let short = m.tokenizer.encode_ids(&args.prompt)?;
         let long = m.tokenizer.encode_ids(&args.long_text)?;

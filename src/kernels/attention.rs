@@ -66,7 +66,7 @@ fn attention_f32(
     let (probs_parts, out_parts) = (probs.as_mut().map(|p| p.parts()), out.parts());
     let blocks_per_head = t.div_ceil(ATTENTION_ROWS);
     // The row kernel, chosen here on the calling thread (see `with_backend`).
-    let simd = cfg!(target_arch = "x86_64") && uses(Backend::Avx512);
+    let backend = super::backend();
     // k and v as they are (a cache's buffers hold each head's s positions contiguously, with a
     // stride between heads); each KV head's keys transposed, (d, s): a query's scores are then
     // sums of whole rows of keys scaled by its values, s at a time, instead of s short dot
@@ -108,15 +108,22 @@ fn attention_f32(
             };
             let queries = &q[at * d..end * d];
             let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
-            if simd {
+            match backend {
                 #[cfg(target_arch = "x86_64")]
-                super::avx512::attention_rows(rows, queries, keys_t, values, masks, scale, p, o);
-            } else {
-                for r in 0..rows {
-                    let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
-                    let query = &queries[r * d..(r + 1) * d];
-                    let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
-                    portable::attention_row(query, keys_t, values, mask, scale, p, o);
+                Backend::Avx512 | Backend::Amx => {
+                    super::avx512::attention_rows(rows, queries, keys_t, values, masks, scale, p, o)
+                }
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2 => {
+                    super::avx2::attention_rows(rows, queries, keys_t, values, masks, scale, p, o)
+                }
+                _ => {
+                    for r in 0..rows {
+                        let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
+                        let query = &queries[r * d..(r + 1) * d];
+                        let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
+                        portable::attention_row(query, keys_t, values, mask, scale, p, o);
+                    }
                 }
             }
             for (r, o) in o.chunks_exact(d).enumerate() {

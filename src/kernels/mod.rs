@@ -19,7 +19,7 @@
 //! | [`rows`] | row-wise ops on f32 tensors in one parallel pass (RMSNorm, add, SwiGLU, RoPE, heads) |
 //! | [`attention`] | softmax(q k^T / sqrt(d) + mask) v written out for f32, blocks of queries in parallel |
 //! | [`portable`] | the plain-Rust kernels: the twins every SIMD kernel is tested against |
-//! | `avx2` | x86-64 with AVX2 and FMA |
+//! | `avx2` | x86-64 with AVX2, FMA and F16C: the AVX-512 kernels' design at 8 lanes |
 //! | `avx512` | x86-64 with AVX-512 (F, BW) |
 //! | `amx` | long inputs on Intel's AMX tiles (Linux) |
 //! | `vnni` | `--quantized`: ggml's 8-bit arithmetic with AVX512-VNNI |
@@ -53,7 +53,8 @@ pub enum Backend {
     Reference,
     /// lmscope's kernels in plain Rust (candle's GEMM for long inputs).
     Portable,
-    /// The portable kernels compiled for AVX2 and FMA.
+    /// AVX2 and FMA kernels for the block products (decoding rows and long-prompt panels),
+    /// attention, RMSNorm, SwiGLU and softmax.
     Avx2,
     /// AVX-512 kernels for the block products, attention, SwiGLU and softmax.
     Avx512,

@@ -1,8 +1,8 @@
 //! `x @ W.T` for GGUF block matrices: which kernel runs for which input, in which parallel
 //! loop. A few input rows (decoding, short prompts) go row by row through the blocks, each block
 //! read once for all inputs (`dot_rows`); many input rows (long prompts) a panel of weight rows
-//! at a time (`panel_rows`, on AMX tiles or AVX-512 registers), or, on the portable backends, as
-//! candle's GEMM on the dequantized matrix. Every kernel computes the dot products of the
+//! at a time (`panel_rows`, on AMX tiles, AVX-512 or AVX2 registers), or, on the portable
+//! backend, as candle's GEMM on the dequantized matrix. Every kernel computes the dot products of the
 //! dequantized weights with the f32 inputs; they differ only in the order of the additions.
 
 use super::blocks::BlockMatrix;
@@ -11,8 +11,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 
 /// Above this many input rows, the products switch from the row-by-row kernel (which reads each
-/// block once for all inputs) to the register-blocked panel kernel (`avx512::panel_rows`, `amx::panel_rows`), or,
-/// without AVX-512, to candle's GEMM on the dequantized matrix.
+/// block once for all inputs) to a register-blocked panel kernel (`amx::panel_rows`,
+/// `avx512::panel_rows`, `avx2::panel_rows`), or, on the portable backend, to candle's GEMM on
+/// the dequantized matrix.
 const GEMM_ROWS: usize = 8;
 
 /// Products with fewer multiply-adds than this run on the calling thread.
@@ -88,7 +89,8 @@ fn products(
 }
 
 /// x @ W_i.T for many input rows, a panel of weight rows at a time: on AMX (`amx.rs`) with the
-/// `amx` backend, else dequantized panels on AVX-512 (`avx512.rs`). (m, rows_i) each, row-major.
+/// `amx` backend, else dequantized panels on AVX-512 (`avx512.rs`) or AVX2 (`avx2.rs`).
+/// (m, rows_i) each, row-major.
 #[cfg(target_arch = "x86_64")]
 fn panel_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
     let k = x.len() / m;
@@ -99,9 +101,15 @@ fn panel_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) ->
                                            // SAFETY: amx::panel_rows writes every value of its window (its tests check them all).
         return unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) };
     }
-    use super::avx512::{panel_rows, Packed, NR};
+    if backend >= Backend::Avx512 {
+        use super::avx512::{panel_rows, Packed, NR};
+        let packed = Packed::new(x, m, k);
+        // SAFETY: avx512::panel_rows writes every value of its window (its tests check them all).
+        return unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) };
+    }
+    use super::avx2::{panel_rows, Packed, NR};
     let packed = Packed::new(x, m, k);
-    // SAFETY: avx512::panel_rows writes every value of its window (its tests check them all).
+    // SAFETY: avx2::panel_rows writes every value of its window (its tests check them all).
     unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) }
 }
 
@@ -166,11 +174,12 @@ fn dot_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) -> V
         let sums = super::avx512::block_sums(x, k);
         return by_rows(ws, m, |w, first, out| super::avx512::dot_rows(w, x, &sums, m, first, out));
     }
-    let sums = portable::lane_sums(x, m, k);
     #[cfg(target_arch = "x86_64")]
     if backend >= Backend::Avx2 {
+        let sums = super::avx2::block_sums(x, k);
         return by_rows(ws, m, |w, first, out| super::avx2::dot_rows(w, x, &sums, m, first, out));
     }
+    let sums = portable::lane_sums(x, m, k);
     by_rows(ws, m, |w, first, out| portable::dot_rows(w, x, &sums, m, first, out))
 }
 
@@ -226,7 +235,7 @@ fn by_rows(
 /// Whether products of many input rows run on lmscope's kernels (else candle's GEMM, on the
 /// dequantized matrix).
 pub fn own_kernels_for_many_rows(backend: Backend) -> bool {
-    cfg!(target_arch = "x86_64") && backend >= Backend::Avx512
+    cfg!(target_arch = "x86_64") && backend >= Backend::Avx2
 }
 
 #[cfg(test)]
@@ -271,7 +280,7 @@ mod tests {
         }
     }
 
-    /// The portable kernel, which machines without AVX-512 run, checked on every machine.
+    /// The portable kernel, which machines without AVX2 run, checked on every machine.
     #[test]
     fn generic_kernel_equals_dequantize_then_matmul() {
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
@@ -293,7 +302,7 @@ mod tests {
         }
     }
 
-    /// The long-input path of CPUs without AVX-512, checked on every machine.
+    /// The long-input path of the portable backend, checked on every machine.
     #[test]
     fn dequantized_products_equal_dequantize_then_matmul() {
         let (q, m) = quantized(GgmlDType::Q4_1, 37, 608);

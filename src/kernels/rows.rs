@@ -29,16 +29,25 @@ pub fn rows_f32(rows: usize, width: usize, row: impl Fn(usize, &mut [f32]) + Syn
     })
 }
 
-/// RMSNorm of each row of x (.., c) with weight (c): [`portable::rms_norm_row`] per row.
+/// RMSNorm of each row of x (.., c) with weight (c): [`portable::rms_norm_row`] per row (its
+/// AVX2 twin on the avx2 backend).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
     let c = x.dim(D::Minus1)?;
     if !enabled() || weight.dtype() != DType::F32 || c == 0 || weight.elem_count() != c {
         return Ok(None);
     }
+    // The AVX2 row equals the portable one bit for bit; the AVX-512 backends keep the portable
+    // row, as they were measured.
+    let avx2 = cfg!(target_arch = "x86_64") && super::backend() == Backend::Avx2;
     let normed = with_f32(x, |x| {
         with_f32(weight, |w| {
             rows_f32(x.len() / c, c, |i, out| {
-                portable::rms_norm_row(&x[i * c..][..c], w, eps as f32, out)
+                let x = &x[i * c..][..c];
+                #[cfg(target_arch = "x86_64")]
+                if avx2 {
+                    return super::avx2::rms_norm_row(x, w, eps as f32, out);
+                }
+                portable::rms_norm_row(x, w, eps as f32, out)
             })
         })
     });
@@ -64,21 +73,23 @@ pub fn add(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
     sum.flatten().map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()
 }
 
-/// silu(gate) * up for tensors of the same shape: AVX-512's vectorised exp where the backend
-/// has it, else [`portable::silu_mul`].
+/// silu(gate) * up for tensors of the same shape: AVX-512's or AVX2's vectorised exp where the
+/// backend has it, else [`portable::silu_mul`].
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     if !enabled() || gate.shape() != up.shape() {
         return Ok(None);
     }
     let chunk = 1 << 14;
-    let simd = uses(Backend::Avx512);
+    let backend = super::backend();
     let out = with_f32(gate, |gate| {
         with_f32(up, |up| {
             team::chunks_f32(gate.len(), chunk, |c, out| {
                 let (g, u) = (&gate[c * chunk..][..out.len()], &up[c * chunk..][..out.len()]);
                 #[cfg(target_arch = "x86_64")]
-                if simd {
+                if backend >= Backend::Avx512 {
                     return super::avx512::silu_mul(g, u, out);
+                } else if backend >= Backend::Avx2 {
+                    return super::avx2::silu_mul(g, u, out);
                 }
                 portable::silu_mul(g, u, out)
             })
