@@ -358,8 +358,8 @@ const QUOTED_ELSEWHERE: &[(&str, &str)] = &[
     ("0.5833075", "transformers' cosine, fixtures/smollm2/embeddings.json"),
     ("0.20060703", "transformers' cosine, fixtures/smollm2/embeddings.json"),
     ("0.0001", "a bound, not a value"),
-    ("9.9375", "--dtype bf16 on a CPU without AMX (issue 17), not this page's machine"),
-    ("0.2416", "--dtype bf16 on a CPU without AMX (issue 17), not this page's machine"),
+    ("9.9375", "transformers' bf16 logit, fixtures/smollm2/bf16.json"),
+    ("9.8750", "--dtype bf16 on the portable kernels, not this page's machine's"),
     ("0.2620346571714973", "json.md's example of a float64's digits"),
 ];
 

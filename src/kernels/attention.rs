@@ -3,6 +3,7 @@
 //! values, reading the keys and values where the KV cache holds them. The model's formula
 //! (`src/model/ops.rs`, with `repeat_kv`) is the reference it is tested against.
 
+use super::half_precision::Half;
 use super::portable::{self, QUERY_BLOCK as ATTENTION_ROWS};
 use super::rows::{rows_f32, with_f32, with_heads_f32};
 use super::{team, uses, Backend};
@@ -31,19 +32,39 @@ pub fn attention(
     let (_, kv, s, _) = k.dims4()?;
     let mask_fits = mask.is_none_or(|m| m.dims() == [t, s]);
     let shapes_fit = kv > 0 && h % kv == 0 && b * t * s * d > 0 && k.dims4()? == v.dims4()?;
-    let f32s = [q, k, v].iter().all(|x| x.dtype() == DType::F32);
-    if !uses(Backend::Portable) || !f32s || !shapes_fit || !mask_fits {
+    let same = |dtype: DType| [q, k, v].iter().all(|x| x.dtype() == dtype);
+    if !uses(Backend::Portable) || !shapes_fit || !mask_fits {
         return Ok(None);
     }
-    attention_f32(q, k, v, mask, keep_probs).map(Some)
+    if same(DType::F32) {
+        return attention_f32(q, k, v, mask, keep_probs, None).map(Some);
+    }
+    match Half::of(q.dtype()) {
+        // 16-bit values as f32 (exact), each step rounded as eager attention rounds it in the
+        // dtype, the output and probabilities back in the dtype.
+        Some(half) if same(half.dtype()) => {
+            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let mask = mask.map(f32).transpose()?;
+            let (out, probs) =
+                attention_f32(&f32(q)?, &f32(k)?, &f32(v)?, mask.as_ref(), keep_probs, Some(half))?;
+            let probs = probs.map(|p| p.to_dtype(half.dtype())).transpose()?;
+            // (the output stays a transposed view of (b, t, h, d), the layout o_proj reads)
+            let out = out.transpose(1, 2)?.to_dtype(half.dtype())?.transpose(1, 2)?;
+            Ok(Some((out, probs)))
+        }
+        _ => Ok(None),
+    }
 }
 
+/// The written-out attention on f32 tensors; with `round`, on 16-bit values held as f32, each
+/// step rounded to that dtype (`portable::attention_row_rounded`).
 fn attention_f32(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
     keep_probs: bool,
+    round: Option<Half>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let (b, h, t, d) = q.dims4()?;
     let (_, kv, s, _) = k.dims4()?;
@@ -109,6 +130,18 @@ fn attention_f32(
             let queries = &q[at * d..end * d];
             let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
             match backend {
+                _ if round.is_some() => {
+                    let row = match round {
+                        Some(Half::Bf16) => portable::attention_row_rounded::<true>,
+                        _ => portable::attention_row_rounded::<false>,
+                    };
+                    for r in 0..rows {
+                        let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);
+                        let query = &queries[r * d..(r + 1) * d];
+                        let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
+                        row(query, keys_t, values, mask, scale, p, o);
+                    }
+                }
                 #[cfg(target_arch = "x86_64")]
                 Backend::Avx512 | Backend::Amx => {
                     super::avx512::attention_rows(rows, queries, keys_t, values, masks, scale, p, o)

@@ -14,6 +14,7 @@
 //!   dequantization is paid once per panel, not once per input row.
 
 use super::blocks::{BlockMatrix, BlockType, BLOCK};
+use super::half_precision::Half;
 use std::arch::x86_64::*;
 use std::mem::MaybeUninit;
 
@@ -243,6 +244,107 @@ unsafe fn dot_rows_k<const K: u8, const M: usize>(
     }
 }
 
+/// 16 values rounded to bfloat16 (`BF16`; to nearest, ties to even, NaN kept) or float16, as
+/// f32: `half_precision::round_as` for a register.
+#[inline(always)]
+pub(super) unsafe fn round16<const BF16: bool>(v: __m512) -> __m512 {
+    if BF16 {
+        let x = _mm512_castps_si512(v);
+        let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+        let rounded = _mm512_add_epi32(x, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF)));
+        let nan = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v);
+        let rounded = _mm512_mask_or_epi32(rounded, nan, x, _mm512_set1_epi32(0x0040_0000));
+        let high = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+        _mm512_castsi512_ps(_mm512_and_si512(rounded, high))
+    } else {
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<_MM_FROUND_NO_EXC>(v))
+    }
+}
+
+/// The 16-bit mode of [`dot_rows`] (`--dtype bf16|f16`, the twin of
+/// `portable::dot_rows_rounded`): each block dequantized bit for bit, its 32 weights rounded
+/// to bfloat16 (`bf16`) or float16, then multiplied with every input row (16-bit values, as
+/// f32) and summed in f32. Same layout as [`dot_rows`]; the output is f32, for the caller to
+/// round once.
+pub fn dot_rows_rounded(
+    w: &BlockMatrix,
+    x: &[f32],
+    m: usize,
+    first: usize,
+    out: &mut [f32],
+    bf16: bool,
+) {
+    assert!(available(), "dot_rows_rounded needs AVX-512");
+    macro_rules! run {
+        ($k:expr, $($m:literal)*) => {
+            match (m, bf16) {
+                // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+                $(($m, true) => unsafe { dot_rows_rounded_k::<$k, $m, true>(w, x, first, out) },
+                ($m, false) => unsafe { dot_rows_rounded_k::<$k, $m, false>(w, x, first, out) },)*
+                _ => panic!("dot_rows_rounded takes 1 to 8 input rows, not {m}"),
+            }
+        };
+    }
+    match kind_id(w.kind) {
+        Q4_0 => run!(Q4_0, 1 2 3 4 5 6 7 8),
+        Q4_1 => run!(Q4_1, 1 2 3 4 5 6 7 8),
+        _ => run!(Q8_0, 1 2 3 4 5 6 7 8),
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
+unsafe fn dot_rows_rounded_k<const K: u8, const M: usize, const BF16: bool>(
+    w: &BlockMatrix,
+    x: &[f32],
+    first: usize,
+    out: &mut [f32],
+) {
+    let k = w.cols;
+    let blocks = k / BLOCK;
+    let bb = w.kind.block_bytes();
+    let rb = blocks * bb;
+    let data = w.bytes.as_slice();
+    let rows = out.len() / M;
+    // Every pointer below stays inside these bounds.
+    assert!(x.len() >= M * k && (first + rows) * rb <= data.len());
+    let xp = x.as_ptr();
+    let mut scales = RowScales::new(blocks);
+    for (local, outs) in out.chunks_exact_mut(M).enumerate() {
+        let row = data.as_ptr().add((first + local) * rb);
+        super::blocks::prefetch(data, (first + local + super::blocks::PREFETCH_ROWS) * rb, rb);
+        scales.read::<K>(row, blocks, bb);
+        let mut acc = [_mm512_setzero_ps(); M];
+        for b in 0..blocks {
+            // d * q (+ m), a multiply then an add as in dequantize_row, then rounded
+            let (lo, hi) = integers::<K>(row.add(b * bb));
+            let d = _mm512_set1_ps(scales.d[b]);
+            let (mut lo, mut hi) = (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d));
+            if K == Q4_1 {
+                let m = _mm512_set1_ps(scales.m[b]);
+                (lo, hi) = (_mm512_add_ps(lo, m), _mm512_add_ps(hi, m));
+            }
+            let (lo, hi) = (round16::<BF16>(lo), round16::<BF16>(hi));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xb = xp.add(i * k + b * BLOCK);
+                *a = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), *a);
+                *a = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb.add(16)), *a);
+            }
+        }
+        for (o, a) in outs.iter_mut().zip(&acc) {
+            *o = _mm512_reduce_add_ps(*a);
+        }
+    }
+}
+
+/// Rounds every value of `row` (a multiple of 16 long) to bfloat16 (`BF16`) or float16.
+#[inline(always)]
+unsafe fn round_row<const BF16: bool>(row: &mut [f32]) {
+    for chunk in row.chunks_exact_mut(16) {
+        let v = round16::<BF16>(_mm512_loadu_ps(chunk.as_ptr()));
+        _mm512_storeu_ps(chunk.as_mut_ptr(), v);
+    }
+}
+
 /// 16 floats on a 64-byte boundary: one register, loaded without splitting a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(64))]
@@ -380,21 +482,40 @@ pub fn column_windows_sized<'a>(
 }
 
 /// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m
-/// (`packed` holds x).
-pub fn panel_rows(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
+/// (`packed` holds x). With `round` (`--dtype bf16|f16`), each dequantized weight is rounded to
+/// that dtype first (the output stays f32, for the caller to round once).
+pub fn panel_rows(w: &BlockMatrix, packed: &Packed, out: &mut Columns, round: Option<Half>) {
     assert!(available(), "panel_rows needs AVX-512");
+    macro_rules! run {
+        ($k:expr) => {
+            match round {
+                None => panel_rows_k::<$k, NO_ROUNDING>(w, packed, out),
+                Some(Half::Bf16) => panel_rows_k::<$k, TO_BF16>(w, packed, out),
+                Some(Half::F16) => panel_rows_k::<$k, TO_F16>(w, packed, out),
+            }
+        };
+    }
     // SAFETY: the CPU has the features the kernel is compiled for (checked above).
     unsafe {
         match kind_id(w.kind) {
-            Q4_0 => panel_rows_k::<Q4_0>(w, packed, out),
-            Q4_1 => panel_rows_k::<Q4_1>(w, packed, out),
-            _ => panel_rows_k::<Q8_0>(w, packed, out),
+            Q4_0 => run!(Q4_0),
+            Q4_1 => run!(Q4_1),
+            _ => run!(Q8_0),
         }
     }
 }
 
+// What `panel_rows_k` rounds the dequantized weights to.
+const NO_ROUNDING: u8 = 0;
+const TO_BF16: u8 = 1;
+const TO_F16: u8 = 2;
+
 #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
-unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
+unsafe fn panel_rows_k<const K: u8, const R: u8>(
+    w: &BlockMatrix,
+    packed: &Packed,
+    out: &mut Columns,
+) {
     let k = w.cols;
     let groups = out.m.div_ceil(MR);
     assert!(packed.k == k && packed.m == out.m && packed.lines.len() * 16 == groups * k * MR);
@@ -411,6 +532,11 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
         for (r, row) in panel.chunks_exact_mut(k).enumerate() {
             if r < nr {
                 dequantize_row::<K>(w, j0 + r, &mut scales, row);
+                match R {
+                    TO_BF16 => round_row::<true>(row),
+                    TO_F16 => round_row::<false>(row),
+                    _ => {}
+                }
             } else {
                 row.fill(0.0);
             }

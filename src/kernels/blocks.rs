@@ -90,7 +90,7 @@ impl BlockType {
     /// Dequantizes one block into 32 f32 values: `d * q (+ m)`, a plain multiply and add (no
     /// fused multiply-add), so every value is bit-identical to a full-file dequantization.
     #[inline(always)]
-    fn dequantize(self, block: &[u8], out: &mut [f32; BLOCK]) {
+    pub fn dequantize(self, block: &[u8], out: &mut [f32; BLOCK]) {
         let (d, offset) = self.integers(block, out);
         for w in out.iter_mut() {
             *w = match offset {

@@ -105,14 +105,14 @@ impl Matrix {
 }
 
 /// `x @ w.T` for a dense w (out, in) and x (b, t, in) -> (b, t, out). candle has no bf16 matmul on
-/// the CPU, so bf16 operands are multiplied the way PyTorch's CPU kernel does it: products summed
-/// in f32, the result rounded to bf16.
+/// the CPU, so bf16 (and f16) operands are multiplied the way PyTorch's CPU kernel does it:
+/// products summed in f32, the result rounded to the dtype once.
 fn linear(x: &Tensor, w: &Tensor) -> candle_core::Result<Tensor> {
     let (b, t, c_in) = x.dims3()?;
     let c_out = w.dim(0)?;
     let x = x.reshape((b * t, c_in))?; // (b*t, in)
-    let y = if x.dtype() == DType::BF16 {
-        x.to_dtype(DType::F32)?.matmul(&w.to_dtype(DType::F32)?.t()?)?.to_dtype(DType::BF16)?
+    let y = if matches!(x.dtype(), DType::BF16 | DType::F16) {
+        x.to_dtype(DType::F32)?.matmul(&w.to_dtype(DType::F32)?.t()?)?.to_dtype(x.dtype())?
     } else {
         x.matmul(&w.t()?)?
     };

@@ -14,6 +14,7 @@
 //! | file | what |
 //! |---|---|
 //! | [`blocks`] | GGUF Q4_0 / Q4_1 / Q8_0 matrices in their memory-mapped blocks |
+//! | [`half_precision`] | bf16 and f16: f32 arithmetic on 16-bit values, each op's output rounded |
 //! | [`products`] | `x @ W.T` on block matrices: which kernel, in which parallel loop |
 //! | [`matrix`] | [`Matrix`]: a weight in one of the forms lmscope multiplies by |
 //! | [`rows`] | row-wise ops on f32 tensors in one parallel pass (RMSNorm, add, SwiGLU, RoPE, heads) |
@@ -33,6 +34,7 @@ pub mod avx2;
 #[cfg(target_arch = "x86_64")]
 pub mod avx512;
 pub mod blocks;
+pub mod half_precision;
 pub mod matrix;
 pub mod portable;
 pub mod products;

@@ -2,6 +2,7 @@
 //! backend), and the twins every SIMD kernel is tested against. No `std::arch` here.
 
 use super::blocks::{prefetch, BlockMatrix, BLOCK, PREFETCH_ROWS};
+use super::half_precision::round_as;
 
 /// Queries of one head that the attention kernels take together (they share each load of keys
 /// and values).
@@ -56,6 +57,46 @@ pub fn dot_rows_generic<const FMA: bool>(
                     a[e] = fma(d, p[e], a[e]);
                     if let Some(offset) = offset {
                         a[e] = fma(offset, sums[e], a[e]);
+                    }
+                }
+            }
+        }
+        for (o, a) in outs.iter_mut().zip(&acc) {
+            *o = a.iter().sum();
+        }
+    }
+}
+
+/// The 16-bit mode of [`dot_rows`] (`--dtype bf16|f16`): each block dequantized bit for bit
+/// (`d * q + m`), each weight rounded to bfloat16 (`BF16`) or float16, then multiplied with x
+/// (16-bit values, as f32) and summed in f32, 8 lanes per input row. The output is f32, for the
+/// caller to round once. Same layout as [`dot_rows`].
+pub fn dot_rows_rounded<const BF16: bool>(
+    w: &BlockMatrix,
+    x: &[f32],
+    m: usize,
+    first: usize,
+    out: &mut [f32],
+) {
+    let k = w.cols;
+    let blocks = k / BLOCK;
+    let bb = w.kind.block_bytes();
+    let rb = w.row_bytes();
+    let data = w.bytes.as_slice();
+    let mut wq = [0f32; BLOCK];
+    let mut acc = vec![[0f32; 8]; m];
+    for (local, outs) in out.chunks_exact_mut(m).enumerate() {
+        let row = &data[(first + local) * rb..(first + local + 1) * rb];
+        prefetch(data, (first + local + PREFETCH_ROWS) * rb, rb);
+        acc.iter_mut().for_each(|a| *a = [0.0; 8]);
+        for b in 0..blocks {
+            w.kind.dequantize(&row[b * bb..(b + 1) * bb], &mut wq);
+            wq.iter_mut().for_each(|v| *v = round_as::<BF16>(*v));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xb = &x[i * k + b * BLOCK..i * k + (b + 1) * BLOCK];
+                for g in 0..4 {
+                    for e in 0..8 {
+                        a[e] += wq[g * 8 + e] * xb[g * 8 + e];
                     }
                 }
             }
@@ -138,6 +179,42 @@ pub fn attention_row(
             }
         }
     }
+}
+
+/// The 16-bit mode of [`attention_row`] (`--dtype bf16|f16`), rounding where transformers'
+/// eager attention does in that dtype: the scores `q k^T` summed in f32 and rounded, times the
+/// scale rounded, plus the mask rounded; the softmax in f32 and its probabilities rounded; their
+/// weighted sum of the values in f32, rounded. The inputs are 16-bit values as f32.
+pub fn attention_row_rounded<const BF16: bool>(
+    query: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    mask: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let r = round_as::<BF16>;
+    let (s, d) = (probs.len(), out.len());
+    for (e, &qe) in query.iter().enumerate() {
+        for (pj, &kj) in probs.iter_mut().zip(&keys_t[e * s..(e + 1) * s]) {
+            *pj += qe * kj;
+        }
+    }
+    match mask {
+        Some(m) => probs.iter_mut().zip(m).for_each(|(pj, &mj)| *pj = r(r(r(*pj) * scale) + mj)),
+        None => probs.iter_mut().for_each(|pj| *pj = r(r(*pj) * scale)),
+    }
+    softmax(probs);
+    probs.iter_mut().for_each(|pj| *pj = r(*pj));
+    for (j, &pj) in probs.iter().enumerate() {
+        if pj != 0.0 {
+            for (oe, &ve) in out.iter_mut().zip(&values[j * d..(j + 1) * d]) {
+                *oe += pj * ve;
+            }
+        }
+    }
+    out.iter_mut().for_each(|oe| *oe = r(*oe));
 }
 
 /// row = softmax(row), -inf entries giving 0 (the twin of `avx512::softmax`).

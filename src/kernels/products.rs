@@ -6,9 +6,10 @@
 //! dequantized weights with the f32 inputs; they differ only in the order of the additions.
 
 use super::blocks::BlockMatrix;
+use super::half_precision::{self, Half};
 use super::{portable, team, Backend};
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 
 /// Above this many input rows, the products switch from the row-by-row kernel (which reads each
 /// block once for all inputs) to a register-blocked panel kernel (`amx::panel_rows`,
@@ -31,8 +32,13 @@ pub fn matmul_t_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
     matmul_t_many_on(super::backend(), ws, x)
 }
 
-/// [`matmul_t_many`] on the given backend's kernels (the tests run each backend's).
+/// [`matmul_t_many`] on the given backend's kernels (the tests run each backend's). A bf16 or
+/// f16 input gives products in its dtype, as PyTorch's: each weight rounded to the dtype, the
+/// products summed in f32 and rounded once ([`half_products`]).
 pub fn matmul_t_many_on(backend: Backend, ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    if let Some(half) = Half::of(x.dtype()) {
+        return half_products(backend, half, ws, x);
+    }
     if x.dims2()?.0 > GEMM_ROWS && !own_kernels_for_many_rows(backend) {
         check_input(ws, x)?;
         return dequantized_products(ws, x);
@@ -41,9 +47,76 @@ pub fn matmul_t_many_on(backend: Backend, ws: &[&BlockMatrix], x: &Tensor) -> Re
         if m <= GEMM_ROWS {
             dot_products(backend, ws, x, m)
         } else {
-            panel_products(backend, ws, x, m)
+            panel_products(backend, ws, x, m, None)
         }
     })
+}
+
+/// y_i = x @ W_i.T for a bf16 or f16 input x (m, cols), as PyTorch's `nn.Linear` computes it
+/// in that dtype on the weights transformers loads from a GGUF (dequantized, then cast): each
+/// dequantized weight rounded to the dtype, the products with x's values summed in f32, each
+/// result rounded to the dtype once. The kernels are the f32 path's, in their 16-bit mode.
+fn half_products(
+    backend: Backend,
+    half: Half,
+    ws: &[&BlockMatrix],
+    x: &Tensor,
+) -> Result<Vec<Tensor>> {
+    let (m, _) = check_input(ws, x)?;
+    if m > GEMM_ROWS && !half_panels(backend) {
+        // candle's f32 GEMM on the weights rounded to the dtype (as f32), the result rounded.
+        let x = x.to_dtype(DType::F32)?;
+        let round = |w: Tensor| w.to_dtype(half.dtype())?.to_dtype(DType::F32);
+        return ws
+            .iter()
+            .map(|w| {
+                let w = round(w.dequantize(&Device::Cpu)?)?;
+                Ok(x.matmul(&w.t()?)?.to_dtype(half.dtype())?)
+            })
+            .collect();
+    }
+    let outs = if ws.is_empty() || m == 0 {
+        ws.iter().map(|_| Vec::new()).collect()
+    } else {
+        let x = x.contiguous()?;
+        let x = half_precision::values_f32(&x)
+            .context("block-matrix products need the input on the CPU")?;
+        if m <= GEMM_ROWS {
+            rounded_dot_products(backend, half, ws, &x, m)
+        } else {
+            panel_products(backend, ws, &x, m, Some(half))
+        }
+    };
+    ws.iter()
+        .zip(outs)
+        .map(|(w, out)| Ok(half_precision::tensor(half, out, (m, w.rows), &Device::Cpu)?))
+        .collect()
+}
+
+/// The 16-bit mode of [`dot_products`]: (m, rows_i) f32 values each, row-major, not yet rounded.
+fn rounded_dot_products(
+    backend: Backend,
+    half: Half,
+    ws: &[&BlockMatrix],
+    x: &[f32],
+    m: usize,
+) -> Vec<Vec<f32>> {
+    #[cfg(target_arch = "x86_64")]
+    if backend >= Backend::Avx512 {
+        let bf16 = half.is_bf16();
+        return by_rows(ws, m, |w, first, out| {
+            super::avx512::dot_rows_rounded(w, x, m, first, out, bf16)
+        });
+    }
+    let _ = backend; // the portable kernel for every other backend (avx2 to follow)
+    match half {
+        Half::Bf16 => {
+            by_rows(ws, m, |w, first, out| portable::dot_rows_rounded::<true>(w, x, m, first, out))
+        }
+        Half::F16 => {
+            by_rows(ws, m, |w, first, out| portable::dot_rows_rounded::<false>(w, x, m, first, out))
+        }
+    }
 }
 
 /// y_i = x @ W_i.T in ggml's quantized arithmetic (activations rounded to 8 bits per block;
@@ -90,12 +163,19 @@ fn products(
 
 /// x @ W_i.T for many input rows, a panel of weight rows at a time: on AMX (`amx.rs`) with the
 /// `amx` backend, else dequantized panels on AVX-512 (`avx512.rs`) or AVX2 (`avx2.rs`).
-/// (m, rows_i) each, row-major.
+/// (m, rows_i) each, row-major. With `round`, the weights are rounded to that dtype (on AVX-512
+/// panels only: the AMX and AVX2 kernels have no 16-bit mode yet, see [`half_panels`]).
 #[cfg(target_arch = "x86_64")]
-fn panel_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) -> Vec<Vec<f32>> {
+fn panel_products(
+    backend: Backend,
+    ws: &[&BlockMatrix],
+    x: &[f32],
+    m: usize,
+    round: Option<Half>,
+) -> Vec<Vec<f32>> {
     let k = x.len() / m;
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if backend >= Backend::Amx {
+    if backend >= Backend::Amx && round.is_none() {
         use super::amx::{panel_rows, Packed, NR};
         let packed = Packed::new(x, m, k); // once for all the matrices
                                            // SAFETY: amx::panel_rows writes every value of its window (its tests check them all).
@@ -105,12 +185,19 @@ fn panel_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) ->
         use super::avx512::{panel_rows, Packed, NR};
         let packed = Packed::new(x, m, k);
         // SAFETY: avx512::panel_rows writes every value of its window (its tests check them all).
-        return unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) };
+        return unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window, round)) };
     }
+    assert!(round.is_none(), "the avx2 panels have no 16-bit mode");
     use super::avx2::{panel_rows, Packed, NR};
     let packed = Packed::new(x, m, k);
     // SAFETY: avx2::panel_rows writes every value of its window (its tests check them all).
     unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) }
+}
+
+/// Whether the 16-bit products of many rows run on lmscope's panels (AVX-512 and up), else on
+/// candle's GEMM with the weights rounded.
+fn half_panels(backend: Backend) -> bool {
+    own_kernels_for_many_rows(backend) && backend >= Backend::Avx512
 }
 
 /// Runs `kernel(w, window)` over windows of columns of every product (from large to small, each
@@ -156,7 +243,13 @@ unsafe fn by_windows(
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-fn panel_products(_: Backend, _: &[&BlockMatrix], _: &[f32], _: usize) -> Vec<Vec<f32>> {
+fn panel_products(
+    _: Backend,
+    _: &[&BlockMatrix],
+    _: &[f32],
+    _: usize,
+    _: Option<Half>,
+) -> Vec<Vec<f32>> {
     unreachable!("the panel kernel exists only on x86-64")
 }
 
@@ -311,6 +404,49 @@ mod tests {
         let ours = dequantized_products(&[&m], &x).unwrap().pop().unwrap();
         let reference = x.matmul(&w.t().unwrap()).unwrap();
         assert_eq!(max_diff(&ours, &reference), 0.0);
+    }
+
+    /// bf16 and f16 inputs on every backend: the weights rounded to the dtype, the products
+    /// summed in f32, the result rounded once (within half a step of the dtype's grid of the
+    /// f32 product of the rounded weights, plus f32's summation error).
+    #[test]
+    fn half_products_round_each_weight_and_the_result() {
+        for dtype in [DType::BF16, DType::F16] {
+            let eps = if dtype == DType::BF16 { 2f32.powi(-8) } else { 2f32.powi(-11) };
+            for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+                let (q, m) = quantized(kind, 300, 96);
+                let w = q.dequantize(&Device::Cpu).unwrap();
+                let w = w.to_dtype(dtype).unwrap().to_dtype(DType::F32).unwrap();
+                for inputs in [1, 3, 8, 9, 40] {
+                    let x = Tensor::randn(0f32, 1.0, (inputs, 96), &Device::Cpu).unwrap();
+                    let x = x.to_dtype(dtype).unwrap();
+                    let x32 = x.to_dtype(DType::F32).unwrap();
+                    let exact = x32.matmul(&w.t().unwrap()).unwrap();
+                    let size = x32.abs().unwrap().matmul(&w.abs().unwrap().t().unwrap()).unwrap();
+                    let allowed = ((exact.abs().unwrap() * eps as f64).unwrap()
+                        + (size * (16.0 * f32::EPSILON as f64)).unwrap())
+                    .unwrap();
+                    for backend in Backend::all_available() {
+                        let ours = matmul_t_many_on(backend, &[&m, &m], &x).unwrap();
+                        for y in &ours {
+                            assert_eq!(y.dtype(), dtype);
+                            let y = y.to_dtype(DType::F32).unwrap();
+                            let excess = ((&y - &exact).unwrap().abs().unwrap() - &allowed)
+                                .unwrap()
+                                .max_all()
+                                .unwrap()
+                                .to_scalar::<f32>()
+                                .unwrap();
+                            let diff = max_diff(&y, &exact);
+                            assert!(
+                                excess <= 0.0,
+                                "{dtype:?} {backend} {kind:?} {inputs} inputs: {diff}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

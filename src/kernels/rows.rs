@@ -1,10 +1,11 @@
-//! Row-wise ops on f32 tensors, each in one parallel pass over the rows (tasks of whole rows on
+//! Row-wise ops on f32 tensors (and bf16 or f16 ones, [`half_rows`]), each in one parallel pass over the rows (tasks of whole rows on
 //! [`team`]): the fast versions of the model's RMSNorm, residual add, SwiGLU gate, head split and
 //! RoPE. Each returns `Ok(None)` where it does not apply (another dtype or layout, or the
 //! `reference` backend), and the model then computes its formula. The arithmetic is the
 //! formula's, so the values agree with it (to the last bit where the order of additions is the
 //! same; the tests in `src/model/ops.rs` compare them).
 
+use super::half_precision::{self, round_as, Half};
 use super::{portable, team, uses, Backend};
 use candle_core::{DType, Result, Tensor, D};
 
@@ -32,6 +33,9 @@ pub fn rows_f32(rows: usize, width: usize, row: impl Fn(usize, &mut [f32]) + Syn
 /// RMSNorm of each row of x (.., c) with weight (c): [`portable::rms_norm_row`] per row (its
 /// AVX2 twin on the avx2 backend).
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    if let Some(half) = Half::of(x.dtype()) {
+        return half_rows::rms_norm(half, x, weight, eps);
+    }
     let c = x.dim(D::Minus1)?;
     if !enabled() || weight.dtype() != DType::F32 || c == 0 || weight.elem_count() != c {
         return Ok(None);
@@ -56,6 +60,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
 
 /// x + y for tensors of the same shape (a residual add).
 pub fn add(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
+    if let Some(half) = Half::of(x.dtype()) {
+        return half_rows::add(half, x, y);
+    }
     if !enabled() || x.shape() != y.shape() || x.elem_count() == 0 {
         return Ok(None);
     }
@@ -76,6 +83,9 @@ pub fn add(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
 /// silu(gate) * up for tensors of the same shape: AVX-512's or AVX2's vectorised exp where the
 /// backend has it, else [`portable::silu_mul`].
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    if let Some(half) = Half::of(gate.dtype()) {
+        return half_rows::silu_mul(half, gate, up);
+    }
     if !enabled() || gate.shape() != up.shape() {
         return Ok(None);
     }
@@ -101,6 +111,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
 /// (b, t, heads * d) -> (b, heads, t, d) contiguous, `view(b, t, heads, d).transpose(1, 2)`,
 /// in one parallel copy (tasks of rows) instead of candle's element-by-element one.
 pub fn split_heads(x: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+    if let Some(half) = Half::of(x.dtype()) {
+        return half_rows::split_heads(half, x, heads);
+    }
     let (b, t, hd) = x.dims3()?;
     if !enabled() || heads == 0 || hd % heads != 0 || x.elem_count() == 0 {
         return Ok(None);
@@ -119,6 +132,9 @@ pub fn split_heads(x: &Tensor, heads: usize) -> Result<Option<Tensor>> {
 /// Rotary embeddings in the half-split layout on x (b, heads, t, d) with cos, sin (t, d/2):
 /// `x[e] cos - x[e + d/2] sin` and `x[e] sin + x[e + d/2] cos` for each pair, rows in parallel.
 pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+    if let Some(half) = Half::of(x.dtype()) {
+        return half_rows::rope(half, x, cos, sin);
+    }
     let (b, heads, t, d) = x.dims4()?;
     if !enabled() || d % 2 == 1 || x.elem_count() == 0 {
         return Ok(None);
@@ -182,5 +198,154 @@ pub fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     match &*storage {
         candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) => Some(f(&v[start..end])),
         _ => None,
+    }
+}
+
+/// The row ops in bfloat16 and float16, as PyTorch computes them on the CPU: the 16-bit values
+/// read as f32, f32 arithmetic, and each op of the model's formula rounded to the dtype where
+/// PyTorch rounds it (one op of transformers' modeling_llama, one rounding). The values are
+/// exactly the formula's on candle's 16-bit tensors, but for the order of a sum of squares.
+pub mod half_rows {
+    use super::*;
+
+    /// The values of a 16-bit CPU tensor of dtype `half` as f32, or None (another dtype, or
+    /// not on the CPU).
+    fn values(half: Half, t: &Tensor) -> Result<Option<Vec<f32>>> {
+        if t.dtype() != half.dtype() {
+            return Ok(None);
+        }
+        Ok(half_precision::values_f32(&t.contiguous()?))
+    }
+
+    /// `f::<true>` for bfloat16, `f::<false>` for float16 (each kernel compiled once per dtype).
+    macro_rules! per_dtype {
+        ($half:expr, $f:ident($($arg:expr),*)) => {
+            if $half.is_bf16() { $f::<true>($($arg),*) } else { $f::<false>($($arg),*) }
+        };
+    }
+
+    /// LlamaRMSNorm: `weight * (x / sqrt(mean(x^2) + eps)).to(dtype)`, the norm in f32 and
+    /// rounded, then the product with the 16-bit weight rounded.
+    pub fn rms_norm(half: Half, x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+        let c = x.dim(D::Minus1)?;
+        if !enabled() || c == 0 || weight.elem_count() != c {
+            return Ok(None);
+        }
+        let (Some(xv), Some(w)) = (values(half, x)?, values(half, weight)?) else {
+            return Ok(None);
+        };
+        fn norm<const BF16: bool>(xv: &[f32], w: &[f32], c: usize, eps: f32) -> Vec<f32> {
+            rows_f32(xv.len() / c, c, |i, out| {
+                let x = &xv[i * c..][..c];
+                let mut sums = [0f32; 16];
+                let chunks = x.chunks_exact(16);
+                let tail: f32 = chunks.remainder().iter().map(|v| v * v).sum();
+                for chunk in chunks {
+                    for (s, v) in sums.iter_mut().zip(chunk) {
+                        *s += v * v;
+                    }
+                }
+                let m = ((sums.iter().sum::<f32>() + tail) / c as f32 + eps).sqrt();
+                for ((o, &v), &w) in out.iter_mut().zip(x).zip(w) {
+                    *o = round_as::<BF16>(round_as::<BF16>(v / m) * w);
+                }
+            })
+        }
+        let out = per_dtype!(half, norm(&xv, &w, c, eps as f32));
+        Ok(Some(half_precision::tensor(half, out, x.shape(), x.device())?))
+    }
+
+    /// x + y, rounded.
+    pub fn add(half: Half, x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
+        if !enabled() || x.shape() != y.shape() || x.elem_count() == 0 {
+            return Ok(None);
+        }
+        let (Some(a), Some(b)) = (values(half, x)?, values(half, y)?) else {
+            return Ok(None);
+        };
+        fn sum<const BF16: bool>(a: &[f32], b: &[f32]) -> Vec<f32> {
+            a.iter().zip(b).map(|(a, b)| round_as::<BF16>(a + b)).collect()
+        }
+        let out = per_dtype!(half, sum(&a, &b));
+        Ok(Some(half_precision::tensor(half, out, x.shape(), x.device())?))
+    }
+
+    /// `act_fn(gate) * up`: SiLU in f32 rounded (PyTorch's nn.SiLU), then the product rounded.
+    pub fn silu_mul(half: Half, gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+        if !enabled() || gate.shape() != up.shape() || gate.elem_count() == 0 {
+            return Ok(None);
+        }
+        let (Some(g), Some(u)) = (values(half, gate)?, values(half, up)?) else {
+            return Ok(None);
+        };
+        fn gated<const BF16: bool>(g: &[f32], u: &[f32]) -> Vec<f32> {
+            let chunk = 1 << 12;
+            team::chunks_f32(g.len(), chunk, |c, out| {
+                let (g, u) = (&g[c * chunk..][..out.len()], &u[c * chunk..][..out.len()]);
+                for ((o, &g), &u) in out.iter_mut().zip(g).zip(u) {
+                    *o = round_as::<BF16>(round_as::<BF16>(g / (1.0 + (-g).exp())) * u);
+                }
+            })
+        }
+        let out = per_dtype!(half, gated(&g, &u));
+        Ok(Some(half_precision::tensor(half, out, gate.shape(), gate.device())?))
+    }
+
+    /// (b, t, heads * d) -> (b, heads, t, d), a copy.
+    pub fn split_heads(half: Half, x: &Tensor, heads: usize) -> Result<Option<Tensor>> {
+        let (b, t, hd) = x.dims3()?;
+        if !enabled() || heads == 0 || hd % heads != 0 || x.elem_count() == 0 {
+            return Ok(None);
+        }
+        let Some(xv) = values(half, x)? else {
+            return Ok(None);
+        };
+        let d = hd / heads;
+        let out = rows_f32(b * heads * t, d, |row, out| {
+            let (bh, i) = (row / t, row % t);
+            let (bi, head) = (bh / heads, bh % heads);
+            out.copy_from_slice(&xv[(bi * t + i) * hd + head * d..][..d]);
+        });
+        Ok(Some(half_precision::tensor(half, out, (b, heads, t, d), x.device())?))
+    }
+
+    /// `q * cos + rotate_half(q) * sin` with cos, sin in the dtype: each product rounded, then
+    /// their sum.
+    pub fn rope(half: Half, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
+        let (b, heads, t, d) = x.dims4()?;
+        let half_d = d / 2;
+        if !enabled() || d % 2 == 1 || x.elem_count() == 0 || cos.elem_count() != t * half_d {
+            return Ok(None);
+        }
+        let (Some(xv), Some(cos), Some(sin)) =
+            (values(half, x)?, values(half, cos)?, values(half, sin)?)
+        else {
+            return Ok(None);
+        };
+        if sin.len() != cos.len() {
+            return Ok(None);
+        }
+        fn rotate<const BF16: bool>(
+            x: &[f32],
+            cos: &[f32],
+            sin: &[f32],
+            t: usize,
+            d: usize,
+        ) -> Vec<f32> {
+            let half = d / 2;
+            let r = round_as::<BF16>;
+            rows_f32(x.len() / d, d, |row, out| {
+                let i = row % t;
+                let src = &x[row * d..][..d];
+                let (cos, sin) = (&cos[i * half..][..half], &sin[i * half..][..half]);
+                let (first, second) = out.split_at_mut(half);
+                for e in 0..half {
+                    first[e] = r(r(src[e] * cos[e]) + r(-src[e + half] * sin[e]));
+                    second[e] = r(r(src[e + half] * cos[e]) + r(src[e] * sin[e]));
+                }
+            })
+        }
+        let out = per_dtype!(half, rotate(&xv, &cos, &sin, t, d));
+        Ok(Some(half_precision::tensor(half, out, (b, heads, t, d), x.device())?))
     }
 }

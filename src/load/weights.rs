@@ -21,8 +21,8 @@ use std::sync::Arc;
 /// How matrices are kept in memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MatrixForm {
-    /// Numbers equal to dequantizing to `dtype` (f32: GGUF blocks kept and dequantized inside
-    /// the product where lmscope has a kernel for the type).
+    /// Numbers equal to dequantizing to `dtype` (f32, bf16, f16: GGUF blocks kept and
+    /// dequantized inside the product where lmscope has a kernel for the type).
     Exact(DType),
     /// GGUF blocks in ggml's quantized arithmetic (activations rounded to 8 bits): lmscope's
     /// kernel for Q4_0/Q4_1/Q8_0 on CPUs with AVX512-VNNI, candle's quantized matmul otherwise.
@@ -221,12 +221,13 @@ impl TensorSource for GgufSource<'_> {
         };
         match form {
             // The reference backend runs the plain formulas: dense matrices only.
-            MatrixForm::Exact(DType::F32) if kernels::backend() == Backend::Reference => {
-                dense(DType::F32)
-            }
-            MatrixForm::Exact(DType::F32) => match blocks()? {
+            MatrixForm::Exact(dtype) if kernels::backend() == Backend::Reference => dense(dtype),
+            // f32, bf16 and f16 multiply the blocks directly (in bf16 and f16 each weight is
+            // rounded to the dtype inside the product, as transformers' cast of the dequantized
+            // matrix rounds it).
+            MatrixForm::Exact(dtype @ (DType::F32 | DType::BF16 | DType::F16)) => match blocks()? {
                 Some(m) => Ok(Some(Matrix::Blocks(Arc::new(m)))),
-                None => dense(DType::F32),
+                None => dense(dtype),
             },
             MatrixForm::Exact(dtype) => dense(dtype),
             MatrixForm::Quantized if int8_available() && blocks()?.is_some() => {

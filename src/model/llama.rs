@@ -82,9 +82,11 @@ impl Llama {
         Ok(linear(&h, &self.weights.lm_head)?.to_dtype(DType::F32)?)
     }
 
-    /// The embedding row of each id, (n, c), in f32.
+    /// The embedding row of each id, (n, c), in f32: the values the forward pass starts from
+    /// (rounded to the compute dtype, as transformers' embedding in bf16 holds them).
     pub fn embeddings(&self, ids: &[u32]) -> Result<Tensor> {
-        self.weights.embed_tokens.rows(ids)
+        let rows = self.weights.embed_tokens.rows(ids)?; // (n, c) f32
+        Ok(rows.to_dtype(self.dtype)?.to_dtype(DType::F32)?)
     }
 
     /// The forward pass, timed (the `forward` span of `--timings`). Where candle does products

@@ -46,9 +46,11 @@ pub fn add(x: &Tensor, y: &Tensor) -> Result<Tensor> {
     x + y
 }
 
-/// SiLU (swish): `x * sigmoid(x)`, computed in f32 and rounded once, as PyTorch's `nn.SiLU`.
+/// SiLU (swish): `x * sigmoid(x)`, computed in f32 and rounded once, as PyTorch's `nn.SiLU`
+/// (candle's own bf16 and f16 silu would round its exp, sum and quotient each).
 pub fn silu(x: &Tensor) -> Result<Tensor> {
-    candle_nn::ops::silu(x)
+    let dtype = x.dtype();
+    candle_nn::ops::silu(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
 }
 
 /// SwiGLU's gating, `act_fn(gate_proj(x)) * up_proj(x)` = silu(gate) * up.
@@ -189,12 +191,13 @@ pub fn attention(
     Ok((out, keep_probs.then_some(probs)))
 }
 
-/// Batched matrix product. candle has no bf16 matmul on the CPU, so bf16 operands are multiplied
-/// the way PyTorch's CPU kernel does it: products summed in f32, the result rounded to bf16.
+/// Batched matrix product. candle has no bf16 matmul on the CPU, so bf16 (and f16) operands are
+/// multiplied the way PyTorch's CPU kernel does it: products summed in f32, the result rounded
+/// to the dtype once.
 fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
-    if a.dtype() == DType::BF16 {
+    if matches!(a.dtype(), DType::BF16 | DType::F16) {
         let product = a.to_dtype(DType::F32)?.matmul(&b.to_dtype(DType::F32)?)?;
-        return product.to_dtype(DType::BF16);
+        return product.to_dtype(a.dtype());
     }
     a.matmul(b)
 }

@@ -253,3 +253,64 @@ fn attention_kernels_equal_the_formula_with_and_without_probabilities() {
         fast_equals_formula("attention probabilities", 1e-6, |_| run(true).1.unwrap());
     }
 }
+
+/// `|fast - formula| <= steps` steps of the dtype's grid at the formula's largest value: the
+/// kernels and candle's 16-bit ops round the same values, but sums added in another order can
+/// land on the other side of a rounding boundary.
+fn half_kernels_equal_the_formula(name: &str, steps: f32, f: impl Fn() -> Tensor) {
+    let (reference, others) = on_every_backend(|_| f());
+    let dtype = reference.dtype();
+    let eps = if dtype == DType::BF16 { 2f32.powi(-8) } else { 2f32.powi(-11) };
+    let size = max_diff(&reference, &reference.zeros_like().unwrap());
+    for (backend, fast) in others {
+        assert_eq!((fast.dims(), fast.dtype()), (reference.dims(), dtype), "{name} on {backend}");
+        let diff = max_diff(&fast, &reference);
+        let tol = steps * eps * size.max(1e-3);
+        assert!(diff <= tol, "{name} {dtype:?} on {backend}: max difference {diff} > {tol}");
+    }
+}
+
+#[test]
+fn half_precision_row_kernels_equal_the_formula() {
+    let dev = Device::Cpu;
+    for dtype in [DType::BF16, DType::F16] {
+        let x = Tensor::randn(0f32, 3., (2, 37, 1000), &dev).unwrap().to_dtype(dtype).unwrap();
+        let y = Tensor::randn(0f32, 1., (2, 37, 1000), &dev).unwrap().to_dtype(dtype).unwrap();
+        let w = Tensor::randn(1f32, 0.1, 1000, &dev).unwrap().to_dtype(dtype).unwrap();
+        half_kernels_equal_the_formula("rms_norm", 1.0, || rms_norm(&x, &w, 1e-5).unwrap());
+        half_kernels_equal_the_formula("add", 0.0, || add(&x, &y).unwrap());
+        half_kernels_equal_the_formula("silu_mul", 1.0, || silu_mul(&x, &y).unwrap());
+
+        let tables = RopeTables::new(8, 10000.0, 16, &dev).unwrap();
+        let (b, t, heads, d) = (2, 5, 3, 8);
+        let x = Tensor::randn(0f32, 1., (b, t, heads * d), &dev).unwrap().to_dtype(dtype);
+        let x = x.unwrap();
+        let (cos, sin) = tables.at(4, t, dtype).unwrap();
+        half_kernels_equal_the_formula("split_heads", 0.0, || split_heads(&x, heads).unwrap());
+        let split = split_heads(&x, heads).unwrap();
+        half_kernels_equal_the_formula("rope", 0.0, || rope(&split, &cos, &sin).unwrap());
+    }
+}
+
+#[test]
+fn half_precision_attention_kernels_equal_the_formula() {
+    let dev = Device::Cpu;
+    for dtype in [DType::BF16, DType::F16] {
+        for (b, h, kv, t, s, d, masked) in
+            [(1, 6, 2, 3, 5, 8, true), (2, 4, 2, 7, 70, 72, true), (1, 3, 1, 1, 9, 64, false)]
+        {
+            let randn = |shape: (usize, usize, usize, usize)| {
+                Tensor::randn(0f32, 1., shape, &dev).unwrap().to_dtype(dtype).unwrap()
+            };
+            let (q, k, v) = (randn((b, h, t, d)), randn((b, kv, s, d)), randn((b, kv, s, d)));
+            let mask = masked.then(|| causal_mask(t, s - t, &dev).unwrap().to_dtype(dtype));
+            let mask = mask.transpose().unwrap();
+            let run = |keep| attention(&q, &k, &v, mask.as_ref(), keep).unwrap();
+            // A score that rounds the other way (a step of 1/64 at 2-4) moves its probability by
+            // about 1/64 x scale of itself, a few of the probabilities' steps, and the output by a
+            // few more.
+            half_kernels_equal_the_formula("attention output", 8.0, || run(false).0);
+            half_kernels_equal_the_formula("attention probabilities", 6.0, || run(true).1.unwrap());
+        }
+    }
+}
