@@ -184,6 +184,24 @@ fn the_model_runs_on_the_chat_prompt() {
     assert!(text.starts_with(case["text"].as_str().unwrap()), "{text}");
 }
 
+/// The inspection commands take --chat too (their input options are the same): they run on the
+/// rendered prompt's ids. --chat cannot wrap --ids.
+#[test]
+fn the_inspection_commands_run_on_the_chat_prompt() {
+    let model = real_model();
+    let m = model.to_str().unwrap();
+    let r = reference();
+    let case = &r["smollm2"][0];
+    let want = ids(&case["ids"]);
+    let user = case["user"].as_str().unwrap();
+    let lens = lmscope_json(&["--model", m, "lens", "--chat", user, "-k", "1"]);
+    assert_eq!(ids(&lens["ids"]), want);
+    let attention = lmscope_json(&["--model", m, "attention", "--chat", user, "--layer", "0"]);
+    assert_eq!(ids(&attention["ids"]), want);
+    let err = lmscope_err(&["--model", m, "logits", "--chat", "--ids", "1,2"]);
+    assert!(err.contains("--chat") && err.contains("--ids"), "{err}");
+}
+
 /// A model without a chat template: one line naming the model, suggesting to drop --chat.
 #[test]
 fn a_model_without_a_template_says_so() {
