@@ -67,6 +67,7 @@ fn attention_f32(
     let blocks_per_head = t.div_ceil(ATTENTION_ROWS);
     // The row kernel, chosen here on the calling thread (see `with_backend`).
     let simd = cfg!(target_arch = "x86_64") && uses(Backend::Avx512);
+    let neon = cfg!(target_arch = "aarch64") && uses(Backend::Neon);
     // k and v as they are (a cache's buffers hold each head's s positions contiguously, with a
     // stride between heads); each KV head's keys transposed, (d, s): a query's scores are then
     // sums of whole rows of keys scaled by its values, s at a time, instead of s short dot
@@ -111,6 +112,9 @@ fn attention_f32(
             if simd {
                 #[cfg(target_arch = "x86_64")]
                 super::avx512::attention_rows(rows, queries, keys_t, values, masks, scale, p, o);
+            } else if neon {
+                #[cfg(target_arch = "aarch64")]
+                super::neon::attention_rows(rows, queries, keys_t, values, masks, scale, p, o);
             } else {
                 for r in 0..rows {
                     let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);

@@ -35,14 +35,36 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
     if !enabled() || weight.dtype() != DType::F32 || c == 0 || weight.elem_count() != c {
         return Ok(None);
     }
+    let norm_row = rms_norm_kernel();
     let normed = with_f32(x, |x| {
         with_f32(weight, |w| {
-            rows_f32(x.len() / c, c, |i, out| {
-                portable::rms_norm_row(&x[i * c..][..c], w, eps as f32, out)
-            })
+            rows_f32(x.len() / c, c, |i, out| norm_row(&x[i * c..][..c], w, eps as f32, out))
         })
     });
     normed.flatten().map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()
+}
+
+/// The RMSNorm row kernel of this thread's backend: NEON's, else [`portable::rms_norm_row`].
+fn rms_norm_kernel() -> fn(&[f32], &[f32], f32, &mut [f32]) {
+    #[cfg(target_arch = "aarch64")]
+    if uses(Backend::Neon) {
+        return super::neon::rms_norm_row;
+    }
+    portable::rms_norm_row
+}
+
+/// The SwiGLU gate kernel of this thread's backend: AVX-512's or NEON's vectorised exp, else
+/// [`portable::silu_mul`].
+fn silu_mul_kernel() -> fn(&[f32], &[f32], &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if uses(Backend::Avx512) {
+        return super::avx512::silu_mul;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if uses(Backend::Neon) {
+        return super::neon::silu_mul;
+    }
+    portable::silu_mul
 }
 
 /// x + y for tensors of the same shape (a residual add).
@@ -64,23 +86,19 @@ pub fn add(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
     sum.flatten().map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()
 }
 
-/// silu(gate) * up for tensors of the same shape: AVX-512's vectorised exp where the backend
-/// has it, else [`portable::silu_mul`].
+/// silu(gate) * up for tensors of the same shape: AVX-512's or NEON's vectorised exp where the
+/// backend has it, else [`portable::silu_mul`].
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     if !enabled() || gate.shape() != up.shape() {
         return Ok(None);
     }
     let chunk = 1 << 14;
-    let simd = uses(Backend::Avx512);
+    let kernel = silu_mul_kernel();
     let out = with_f32(gate, |gate| {
         with_f32(up, |up| {
             team::chunks_f32(gate.len(), chunk, |c, out| {
                 let (g, u) = (&gate[c * chunk..][..out.len()], &up[c * chunk..][..out.len()]);
-                #[cfg(target_arch = "x86_64")]
-                if simd {
-                    return super::avx512::silu_mul(g, u, out);
-                }
-                portable::silu_mul(g, u, out)
+                kernel(g, u, out)
             })
         })
     });
