@@ -280,6 +280,7 @@ unsafe fn panel_rows_k<const K: u8>(
                 }
             }
             // One run per input row: its nr results are neighbours in the output.
+            #[allow(clippy::needless_range_loop)] // i indexes the second dimension of columns
             for i in 0..MR.min(m - g * MR) {
                 let run: [f32; NR] = std::array::from_fn(|r| columns[r][i]);
                 store(g * MR + i, j0, &run[..nr]);
