@@ -21,12 +21,13 @@
 # the ones kept many times over (every documented example, hundreds of generated inputs); they
 # run natively on x86 in the rest of CI, where the kernels are the portable and x86 ones.
 #
-# Measured on this project's 2-core machine while other builds kept it at load 14-17 (an idle
-# CI machine should be several times faster): the dependencies cross-built from nothing about
-# 30 min at that load, the tests after them 150 s; under qemu the unit tests 12 s,
-# tests/backends.rs 1610 s (12 processes on the real model, the reference backend among them),
-# tests/cli.rs 62 s. If the whole list does not fit CI's time, keep --lib, tests/reference*.rs
-# and tests/backends.rs (the neon backend against the reference within 1e-4).
+# Measured on this project's 2-core machine while other builds kept it at load 14-17: the
+# dependencies cross-built from nothing about 30 min at that load, these tests after them 150 s;
+# under qemu the unit tests 12 s, tests/backends.rs 1610 s (12 processes on the real model, the
+# reference backend among them), tests/cli.rs 62 s, tests/commands.rs 965 s, tests/friction.rs
+# 36 s: 47.5 min of wall time for 10.9 min of CPU time (user, qemu included), so an idle 2-core
+# CI machine should take about 8-12 min. If the list does not fit CI's time, keep --lib,
+# tests/reference*.rs and tests/backends.rs (the neon backend against the reference within 1e-4).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 target=aarch64-unknown-linux-gnu
