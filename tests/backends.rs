@@ -1,7 +1,8 @@
 //! Every backend this CPU runs gives the reference backend's numbers (the model's plain formulas
 //! on candle tensors): logits within 1e-4 on the tiny fixture (safetensors and GGUF) and on the
 //! real SmolLM2 GGUF, for a short prompt (the decode kernels) and a long one (the many-row
-//! kernels: AMX or AVX-512 panels, or candle's GEMM), and the same greedy tokens.
+//! kernels: AMX, AVX-512 or NEON panels, or candle's GEMM), and the same greedy tokens. On
+//! aarch64 (scripts/test-aarch64.sh runs it under qemu) that is the neon backend.
 
 mod common;
 
@@ -37,6 +38,8 @@ fn logits(backend: Backend, model: &str, text: &str, position: &str) -> Vec<f64>
 fn compare_backends(model: &str) {
     let backends = Backend::all_available();
     assert!(backends.len() >= 2, "at least reference and portable run everywhere");
+    let neon = backends.contains(&Backend::Neon);
+    assert_eq!(neon, cfg!(target_arch = "aarch64"), "the neon backend runs on aarch64 (only)");
     for (text, position) in [("The capital of Finland is", "-1"), (LONG, "-1"), (LONG, "3")] {
         let reference = logits(Backend::Reference, model, text, position);
         for &backend in &backends[1..] {
@@ -83,7 +86,7 @@ fn an_unknown_or_unavailable_backend_is_a_clear_error() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr.starts_with("error: LMSCOPE_KERNELS=sse9 is not a backend (one of reference, portable, avx2, avx512, amx)"), "{stderr}");
+    assert!(stderr.starts_with("error: LMSCOPE_KERNELS=sse9 is not a backend (one of reference, portable, neon, avx2, avx512, amx)"), "{stderr}");
     if let Some(missing) = Backend::ALL.into_iter().find(|b| !b.available()) {
         let out = lmscope()
             .env("LMSCOPE_KERNELS", missing.name())

@@ -306,7 +306,7 @@ fn output_piped_into_head_does_not_panic() {
         vec!["tokenize", "a b c d e f g h i j k l m n o p q r s t u v w x y z"],
         vec!["model"],
     ] {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("lmscope"))
+        let mut child = common::lmscope_command()
             .arg("--model")
             .arg(tiny())
             .args(&args)

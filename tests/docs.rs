@@ -6,7 +6,6 @@
 mod common;
 
 use common::{real_model, repo_path};
-use std::path::Path;
 use std::process::Command;
 
 /// One `$ command` of a console block and the output the page shows for it.
@@ -267,7 +266,7 @@ fn documented_examples_print_what_the_pages_show() {
     let kernels = lmscope::kernels::backend();
     // The pages were made with the AMX kernels (and AVX-512 for short inputs).
     let pages_kernels = kernels == lmscope::kernels::Backend::Amx;
-    let bin = Path::new(env!("CARGO_BIN_EXE_lmscope")).parent().expect("a directory");
+    let bin = common::bin_dir();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     let mut ran = 0;
     let mut tolerant = 0;

@@ -4,7 +4,6 @@
 mod common;
 
 use common::{lmscope, real_model};
-use std::path::Path;
 use std::process::Command;
 
 /// Every subcommand's name, from `lmscope --help`.
@@ -67,7 +66,7 @@ fn the_two_top_k_options_say_they_are_different_things() {
 #[test]
 fn every_command_has_an_example_that_works() {
     let model = real_model();
-    let bin = Path::new(env!("CARGO_BIN_EXE_lmscope")).parent().unwrap().to_path_buf();
+    let bin = common::bin_dir();
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     for command in commands() {
         let help = help_of(&command);

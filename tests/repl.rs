@@ -387,7 +387,7 @@ mod terminal {
     use std::time::Duration;
 
     fn start(model: &str, history: &std::path::Path) -> PtySession {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lmscope"));
+        let mut cmd = crate::common::lmscope_command();
         cmd.args(["--model", model, "repl"]);
         cmd.env("LMSCOPE_HISTORY", history).env("TERM", "xterm").env_remove("LMSCOPE_MODEL");
         spawn_command(cmd, Some(60_000)).expect("the repl starts on a pseudo-terminal")

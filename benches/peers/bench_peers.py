@@ -442,7 +442,8 @@ def run_child(cmd: list[str], timeout: float) -> dict:
         "cmd": cmd,
         "returncode": proc.returncode,
         "wall_s": wall,
-        "peak_rss_mib": rusage.ru_maxrss / 1024,  # ru_maxrss is in KiB on Linux
+        # ru_maxrss is in KiB on Linux, in bytes on macOS
+        "peak_rss_mib": rusage.ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024),
         "user_s": rusage.ru_utime,
         "sys_s": rusage.ru_stime,
         "foreign_cpu_s": foreign,

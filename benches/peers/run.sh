@@ -40,8 +40,12 @@ pins=(
 )
 llama_pin="llama-cpp-python==0.3.36"
 build_tools=("cmake==4.4.4" "ninja==1.13.2")
-# C/C++ flags of the llama.cpp build (see above: AMX off, the rest native).
-llama_cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+# C/C++ flags of the llama.cpp build (see above: AMX off, the rest native). The -mno-amx-* flags
+# exist only for x86-64 compilers: on aarch64 (a Mac, ARM Linux) llama.cpp builds with none.
+llama_cflags=""
+if [[ "$(uname -m)" == x86_64 ]]; then
+  llama_cflags="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+fi
 stamp="$venv/.lmscope-peers-pins"
 stamp_text="${pins[*]} $llama_pin ${build_tools[*]} cflags: $llama_cflags"
 

@@ -150,6 +150,10 @@ fn attention_f32(
                 Backend::Avx2 => {
                     super::avx2::attention_rows(rows, queries, keys_t, values, masks, scale, p, o)
                 }
+                #[cfg(target_arch = "aarch64")]
+                Backend::Neon => {
+                    super::neon::attention_rows(rows, queries, keys_t, values, masks, scale, p, o)
+                }
                 _ => {
                     for r in 0..rows {
                         let (p, o) = (&mut p[r * s..(r + 1) * s], &mut o[r * d..(r + 1) * d]);

@@ -163,8 +163,8 @@ impl BlockMatrix {
         BlockMatrix { bytes: BlockBytes::Owned(Arc::new(out)), ..self.clone() }
     }
 
-    /// Dequantizes one row into `out` (cols values).
-    fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+    /// Dequantizes one row into `out` (cols values), bit for bit as the whole file.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
         let rb = self.row_bytes();
         let bb = self.kind.block_bytes();
         let data = &self.bytes.as_slice()[row * rb..(row + 1) * rb];
@@ -222,6 +222,25 @@ pub fn prefetch(data: &[u8], start: usize, len: usize) {
             at += 64;
         }
     }
+    #[cfg(target_arch = "aarch64")]
+    {
+        let end = (start + len).min(data.len());
+        let mut at = start;
+        while at < end {
+            // SAFETY: a prefetch is only a hint (it never faults) and the address lies inside
+            // `data`.
+            unsafe {
+                std::arch::asm!(
+                    "prfm pldl1keep, [{0}]",
+                    in(reg) data.as_ptr().add(at),
+                    options(nostack, preserves_flags, readonly)
+                )
+            };
+            at += 64;
+        }
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    let _ = (data, start, len);
 }
 
 /// A random (rows, cols) matrix quantized by candle, as candle's QTensor and as lmscope's blocks

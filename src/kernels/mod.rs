@@ -7,7 +7,7 @@
 //! never on `crate::model` or `crate::stages`.
 //!
 //! One switch picks the backend for the whole process: `LMSCOPE_KERNELS=reference|portable|
-//! avx2|avx512|amx` (default: the best this CPU runs). `reference` runs the whole pass on the
+//! neon|avx2|avx512|amx` (default: the best this CPU runs). `reference` runs the whole pass on the
 //! model's plain formulas; every other backend is tested against it, and every fast kernel
 //! against its portable twin in [`portable`].
 //!
@@ -24,6 +24,7 @@
 //! | `avx512` | x86-64 with AVX-512 (F, BW) |
 //! | `amx` | long inputs on Intel's AMX tiles (Linux) |
 //! | `vnni` | `--quantized`: ggml's 8-bit arithmetic with AVX512-VNNI |
+//! | `neon` | aarch64 (Apple Silicon, ARM Linux) with NEON |
 //! | [`team`] | the threads of the parallel loops |
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux", target_env = "gnu"))]
@@ -36,6 +37,8 @@ pub mod avx512;
 pub mod blocks;
 pub mod half_precision;
 pub mod matrix;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
 pub mod portable;
 pub mod products;
 pub mod rows;
@@ -47,14 +50,17 @@ pub use matrix::Matrix;
 
 use std::sync::OnceLock;
 
-/// A set of kernels. Each includes the ones before it: a CPU that runs `Amx` runs `Avx512`, and
-/// so on down to `Reference`, which runs no kernel of this module at all.
+/// A set of kernels. Each includes `Portable` and `Reference` (which runs no kernel of this
+/// module at all), and an x86 one the x86 ones before it: a CPU that runs `Amx` runs `Avx512`,
+/// and so on down; `Neon` (aarch64) includes no x86 one (see [`Backend::includes`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Backend {
     /// The model's formulas on candle tensors, weights dequantized on load.
     Reference,
     /// lmscope's kernels in plain Rust (candle's GEMM for long inputs).
     Portable,
+    /// aarch64's NEON kernels for the block products, attention, norms, SwiGLU and softmax.
+    Neon,
     /// AVX2 and FMA kernels for the block products (decoding rows and long-prompt panels),
     /// attention, RMSNorm, SwiGLU and softmax.
     Avx2,
@@ -65,15 +71,22 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Every backend, slowest first.
-    pub const ALL: [Backend; 5] =
-        [Backend::Reference, Backend::Portable, Backend::Avx2, Backend::Avx512, Backend::Amx];
+    /// Every backend, slowest first (of those of one architecture).
+    pub const ALL: [Backend; 6] = [
+        Backend::Reference,
+        Backend::Portable,
+        Backend::Neon,
+        Backend::Avx2,
+        Backend::Avx512,
+        Backend::Amx,
+    ];
 
     /// The name `LMSCOPE_KERNELS` takes.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Reference => "reference",
             Backend::Portable => "portable",
+            Backend::Neon => "neon",
             Backend::Avx2 => "avx2",
             Backend::Avx512 => "avx512",
             Backend::Amx => "amx",
@@ -88,6 +101,8 @@ impl Backend {
     pub fn available(self) -> bool {
         match self {
             Backend::Reference | Backend::Portable => true,
+            #[cfg(target_arch = "aarch64")]
+            Backend::Neon => neon::available(),
             #[cfg(target_arch = "x86_64")]
             Backend::Avx2 => avx2::available(),
             #[cfg(target_arch = "x86_64")]
@@ -96,6 +111,19 @@ impl Backend {
             Backend::Amx => amx::available(),
             #[allow(unreachable_patterns)] // on targets without some of the arms above
             _ => false,
+        }
+    }
+
+    /// Whether this backend runs `level`'s kernels too: every backend but `Reference` includes
+    /// `Portable`, an x86 backend the x86 ones before it (`Amx` includes `Avx512` and `Avx2`),
+    /// and `Neon` no other.
+    pub fn includes(self, level: Backend) -> bool {
+        match (self, level) {
+            (_, Backend::Reference) => true,
+            (Backend::Reference, _) => false,
+            (_, Backend::Portable) => true,
+            (a, b) if a == Backend::Neon || b == Backend::Neon => a == b,
+            _ => self >= level,
         }
     }
 
@@ -170,9 +198,9 @@ pub fn with_backend<R>(backend: Backend, f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether this process's backend includes `level` (for example `uses(Backend::Avx512)` on an
-/// AMX backend).
+/// AMX backend; see [`Backend::includes`]).
 pub fn uses(level: Backend) -> bool {
-    backend() >= level
+    backend().includes(level)
 }
 
 /// Whether `--quantized` runs on lmscope's own 8-bit kernel here (AVX512-VNNI, on the avx512 and
@@ -195,11 +223,27 @@ mod tests {
             assert_eq!(Backend::parse(b.name()), Some(b));
         }
         assert_eq!(Backend::parse(" AVX2 "), Some(Backend::Avx2));
-        assert_eq!(Backend::parse("neon"), None);
+        assert_eq!(Backend::parse("sse9"), None);
         assert!(Backend::Reference.available() && Backend::Portable.available());
-        // A CPU that runs a backend runs every backend below it.
+        // A CPU that runs a backend runs every backend it includes.
         let available = Backend::all_available();
-        assert_eq!(available, Backend::ALL[..available.len()].to_vec());
+        for b in &available {
+            for level in Backend::ALL.into_iter().filter(|&l| b.includes(l)) {
+                assert!(level.available(), "{b} runs but {level} does not");
+            }
+        }
         assert_eq!(Backend::best(), *available.last().unwrap());
+        assert!(available.iter().all(|b| Backend::best().includes(*b)), "{available:?}");
+        // NEON and the x86 backends include each other's kernels nowhere.
+        for x86 in [Backend::Avx2, Backend::Avx512, Backend::Amx] {
+            assert!(!Backend::Neon.includes(x86) && !x86.includes(Backend::Neon));
+            assert!(x86.includes(Backend::Portable) && Backend::Amx.includes(x86));
+        }
+        assert!(
+            Backend::Neon.includes(Backend::Portable)
+                && !Backend::Reference.includes(Backend::Portable)
+        );
+        // The default on aarch64 is NEON, on x86-64 never.
+        assert_eq!(Backend::best() == Backend::Neon, cfg!(target_arch = "aarch64"));
     }
 }

@@ -107,6 +107,20 @@ pub fn dot_rows_rounded<const BF16: bool>(
     }
 }
 
+/// `out[i * len + c] = W[first + c] . x[i]` for the `len` weight rows from `first` and the m
+/// input rows of x (m, cols): each row dequantized bit for bit, each value summed over k in
+/// order with fused multiply-adds (the twin of `neon::panel_rows`).
+pub fn panel_rows(w: &BlockMatrix, x: &[f32], m: usize, first: usize, len: usize, out: &mut [f32]) {
+    let k = w.cols;
+    let mut row = vec![0f32; k];
+    for c in 0..len {
+        w.dequantize_row(first + c, &mut row);
+        for (i, x) in x.chunks_exact(k).take(m).enumerate() {
+            out[i * len + c] = row.iter().zip(x).fold(0.0, |s, (&a, &b)| a.mul_add(b, s));
+        }
+    }
+}
+
 /// Per input row and block, the 8 lane sums of x: `xs[(i * blocks + b) * 8 + e]` =
 /// sum over g of `x[i][32b + 8g + e]`. Q4_1's offset m multiplies these.
 pub fn lane_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
@@ -120,14 +134,14 @@ pub fn lane_sums(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     sums
 }
 
-/// silu(gate) * up, element by element (the twin of `avx512::silu_mul`).
+/// silu(gate) * up, element by element (the twin of `avx512::silu_mul` and `neon::silu_mul`).
 pub fn silu_mul(gate: &[f32], up: &[f32], out: &mut [f32]) {
     for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
         *o = g / (1.0 + (-g).exp()) * u;
     }
 }
 
-/// RMSNorm of one row of c values: `x / sqrt(mean(x^2) + eps) * w` (the arithmetic of candle's
+/// RMSNorm of one row of c values (the twin of `neon::rms_norm_row`): `x / sqrt(mean(x^2) + eps) * w` (the arithmetic of candle's
 /// f32 rms_norm, with the squares summed in 16 running sums instead of one).
 #[inline(always)]
 pub fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
@@ -146,7 +160,8 @@ pub fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
-/// One query's attention (the twin of `avx512::attention_rows`): its scores against
+/// One query's attention (the twin of `avx512::attention_rows` and
+/// `neon::attention_rows`): its scores against
 /// every key (keys_t is (d, s)), scaled and masked, softmax into `probs` (s), and the weighted
 /// sum of the values (s, d) into `out` (d, zeros on entry).
 pub fn attention_row(
@@ -218,6 +233,7 @@ pub fn attention_row_rounded<const BF16: bool>(
 }
 
 /// row = softmax(row), -inf entries giving 0 (the twin of `avx512::softmax`).
+/// row = softmax(row), -inf entries giving 0 (the twin of `avx512::softmax` and `neon::softmax`).
 pub fn softmax(row: &mut [f32]) {
     let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0f32;

@@ -1,7 +1,7 @@
 //! `x @ W.T` for GGUF block matrices: which kernel runs for which input, in which parallel
 //! loop. A few input rows (decoding, short prompts) go row by row through the blocks, each block
 //! read once for all inputs (`dot_rows`); many input rows (long prompts) a panel of weight rows
-//! at a time (`panel_rows`, on AMX tiles, AVX-512 or AVX2 registers), or, on the portable
+//! at a time (`panel_rows`, on AMX tiles, AVX-512, AVX2 or NEON registers), or, on the portable
 //! backend, as candle's GEMM on the dequantized matrix. Every kernel computes the dot products of the
 //! dequantized weights with the f32 inputs; they differ only in the order of the additions.
 
@@ -162,9 +162,9 @@ fn products(
 }
 
 /// x @ W_i.T for many input rows, a panel of weight rows at a time: on AMX (`amx.rs`) with the
-/// `amx` backend, else dequantized panels on AVX-512 (`avx512.rs`) or AVX2 (`avx2.rs`).
-/// (m, rows_i) each, row-major. With `round`, the weights are rounded to that dtype (on AVX-512
-/// panels only: the AMX and AVX2 kernels have no 16-bit mode yet, see [`half_panels`]).
+/// `amx` backend, else dequantized panels on AVX-512 (`avx512.rs`) or AVX2 (`avx2.rs`); NEON's
+/// below. (m, rows_i) each, row-major. With `round`, the weights are rounded to that dtype (on
+/// AVX-512 panels only: the AMX and AVX2 kernels have no 16-bit mode yet, see [`half_panels`]).
 #[cfg(target_arch = "x86_64")]
 fn panel_products(
     backend: Backend,
@@ -242,7 +242,48 @@ unsafe fn by_windows(
     outs
 }
 
-#[cfg(not(target_arch = "x86_64"))]
+/// x @ W_i.T for many input rows on NEON (`neon.rs`): windows of weight rows, each a multiple
+/// of the panel's `NR` rows but a matrix's last, from large to small as in `by_windows`, all in
+/// one parallel loop. (m, rows_i) each, row-major.
+#[cfg(target_arch = "aarch64")]
+fn panel_products(
+    _: Backend,
+    ws: &[&BlockMatrix],
+    x: &[f32],
+    m: usize,
+    round: Option<Half>,
+) -> Vec<Vec<f32>> {
+    assert!(round.is_none(), "the neon panels have no 16-bit mode");
+    use super::neon::{panel_rows, Packed, NR};
+    let packed = Packed::new(x, m, x.len() / m); // once for all the matrices
+    let threads = team::threads();
+    let mut left: usize = ws.iter().map(|w| w.rows.div_ceil(NR)).sum();
+    let mut windows = Vec::new(); // (matrix, first row, rows)
+    for (index, w) in ws.iter().enumerate() {
+        let (mut first, mut here) = (0, w.rows.div_ceil(NR));
+        while here > 0 {
+            let steps = left.div_ceil(2 * threads).min(here);
+            let len = (steps * NR).min(w.rows - first);
+            windows.push((index, first, len));
+            (first, here, left) = (first + len, here - steps, left - steps);
+        }
+    }
+    let mut outs: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; m * w.rows]).collect();
+    let parts: Vec<_> = outs.iter_mut().map(|out| team::Parts::new(out)).collect();
+    team::for_each(windows.len(), |t| {
+        let (index, first, len) = windows[t];
+        let n = ws[index].rows;
+        panel_rows(ws[index], &packed, first, len, |i, j, run| {
+            assert!(i < m && j >= first && j + run.len() <= first + len, "outside the window");
+            // SAFETY: the run lies in this task's window of columns (asserted), and the windows
+            // of one matrix do not overlap.
+            unsafe { parts[index].get(i * n + j..i * n + j + run.len()) }.copy_from_slice(run);
+        });
+    });
+    outs
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
 fn panel_products(
     _: Backend,
     _: &[&BlockMatrix],
@@ -250,7 +291,7 @@ fn panel_products(
     _: usize,
     _: Option<Half>,
 ) -> Vec<Vec<f32>> {
-    unreachable!("the panel kernel exists only on x86-64")
+    unreachable!("the panel kernels exist only on x86-64 and aarch64")
 }
 
 /// x @ W_i.T for many input rows on the backends without a panel kernel: each matrix dequantized
@@ -266,6 +307,11 @@ fn dot_products(backend: Backend, ws: &[&BlockMatrix], x: &[f32], m: usize) -> V
     if backend >= Backend::Avx512 {
         let sums = super::avx512::block_sums(x, k);
         return by_rows(ws, m, |w, first, out| super::avx512::dot_rows(w, x, &sums, m, first, out));
+    }
+    #[cfg(target_arch = "aarch64")]
+    if backend == Backend::Neon {
+        let sums = portable::lane_sums(x, m, k);
+        return by_rows(ws, m, |w, first, out| super::neon::dot_rows(w, x, &sums, m, first, out));
     }
     #[cfg(target_arch = "x86_64")]
     if backend >= Backend::Avx2 {
@@ -328,7 +374,8 @@ fn by_rows(
 /// Whether products of many input rows run on lmscope's kernels (else candle's GEMM, on the
 /// dequantized matrix).
 pub fn own_kernels_for_many_rows(backend: Backend) -> bool {
-    cfg!(target_arch = "x86_64") && backend >= Backend::Avx2
+    (cfg!(target_arch = "x86_64") && backend >= Backend::Avx2)
+        || (cfg!(target_arch = "aarch64") && backend == Backend::Neon)
 }
 
 #[cfg(test)]

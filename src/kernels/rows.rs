@@ -40,22 +40,46 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Option<Tensor>>
     if !enabled() || weight.dtype() != DType::F32 || c == 0 || weight.elem_count() != c {
         return Ok(None);
     }
-    // The AVX2 row equals the portable one bit for bit; the AVX-512 backends keep the portable
-    // row, as they were measured.
-    let avx2 = cfg!(target_arch = "x86_64") && super::backend() == Backend::Avx2;
+    let norm_row = rms_norm_kernel();
     let normed = with_f32(x, |x| {
         with_f32(weight, |w| {
-            rows_f32(x.len() / c, c, |i, out| {
-                let x = &x[i * c..][..c];
-                #[cfg(target_arch = "x86_64")]
-                if avx2 {
-                    return super::avx2::rms_norm_row(x, w, eps as f32, out);
-                }
-                portable::rms_norm_row(x, w, eps as f32, out)
-            })
+            rows_f32(x.len() / c, c, |i, out| norm_row(&x[i * c..][..c], w, eps as f32, out))
         })
     });
     normed.flatten().map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()
+}
+
+/// The RMSNorm row kernel of this thread's backend: NEON's or AVX2's, else
+/// [`portable::rms_norm_row`] (the AVX2 row equals the portable one bit for bit; the AVX-512
+/// backends keep the portable row, as they were measured).
+fn rms_norm_kernel() -> fn(&[f32], &[f32], f32, &mut [f32]) {
+    #[cfg(target_arch = "aarch64")]
+    if uses(Backend::Neon) {
+        return super::neon::rms_norm_row;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if super::backend() == Backend::Avx2 {
+        return super::avx2::rms_norm_row;
+    }
+    portable::rms_norm_row
+}
+
+/// The SwiGLU gate kernel of this thread's backend: AVX-512's or NEON's vectorised exp, else
+/// [`portable::silu_mul`].
+fn silu_mul_kernel() -> fn(&[f32], &[f32], &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if uses(Backend::Avx512) {
+        return super::avx512::silu_mul;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if uses(Backend::Avx2) {
+        return super::avx2::silu_mul;
+    }
+    #[cfg(target_arch = "aarch64")]
+    if uses(Backend::Neon) {
+        return super::neon::silu_mul;
+    }
+    portable::silu_mul
 }
 
 /// x + y for tensors of the same shape (a residual add).
@@ -80,7 +104,7 @@ pub fn add(x: &Tensor, y: &Tensor) -> Result<Option<Tensor>> {
     sum.flatten().map(|v| Tensor::from_vec(v, x.shape(), x.device())).transpose()
 }
 
-/// silu(gate) * up for tensors of the same shape: AVX-512's or AVX2's vectorised exp where the
+/// silu(gate) * up for tensors of the same shape: AVX-512's, AVX2's or NEON's vectorised exp where the
 /// backend has it, else [`portable::silu_mul`].
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     if let Some(half) = Half::of(gate.dtype()) {
@@ -90,18 +114,12 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
         return Ok(None);
     }
     let chunk = 1 << 14;
-    let backend = super::backend();
+    let kernel = silu_mul_kernel();
     let out = with_f32(gate, |gate| {
         with_f32(up, |up| {
             team::chunks_f32(gate.len(), chunk, |c, out| {
                 let (g, u) = (&gate[c * chunk..][..out.len()], &up[c * chunk..][..out.len()]);
-                #[cfg(target_arch = "x86_64")]
-                if backend >= Backend::Avx512 {
-                    return super::avx512::silu_mul(g, u, out);
-                } else if backend >= Backend::Avx2 {
-                    return super::avx2::silu_mul(g, u, out);
-                }
-                portable::silu_mul(g, u, out)
+                kernel(g, u, out)
             })
         })
     });

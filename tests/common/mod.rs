@@ -34,9 +34,52 @@ pub fn json(rel: &str) -> serde_json::Value {
         .unwrap_or_else(|e| panic!("invalid JSON in {}: {e}", path.display()))
 }
 
+/// The emulator that runs the binaries of a cross build, from `LMSCOPE_TEST_RUNNER` (split at
+/// spaces; scripts/test-aarch64.sh sets it to `qemu-aarch64 -L /usr/aarch64-linux-gnu`, as
+/// cargo's runner), or None: the binary runs itself.
+pub fn runner() -> Option<Vec<String>> {
+    let words = std::env::var("LMSCOPE_TEST_RUNNER").ok()?;
+    let words: Vec<String> = words.split_whitespace().map(String::from).collect();
+    (!words.is_empty()).then_some(words)
+}
+
+/// The command that starts the lmscope binary of this build (`CARGO_BIN_EXE_lmscope`), through
+/// the [`runner`] where there is one.
+pub fn lmscope_command() -> std::process::Command {
+    let bin = env!("CARGO_BIN_EXE_lmscope");
+    match runner() {
+        Some(words) => {
+            let mut cmd = std::process::Command::new(&words[0]);
+            cmd.args(&words[1..]).arg(bin);
+            cmd
+        }
+        None => std::process::Command::new(bin),
+    }
+}
+
+/// A directory with an `lmscope` a shell finds on its PATH: the binary's own directory, or,
+/// under a [`runner`], one with a script that starts the binary through it.
+pub fn bin_dir() -> PathBuf {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_lmscope"));
+    let Some(words) = runner() else {
+        return bin.parent().expect("a directory").to_path_buf();
+    };
+    let dir = bin.parent().expect("a directory").join("through-runner");
+    std::fs::create_dir_all(&dir).unwrap();
+    let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+    let script = format!("#!/bin/sh\nexec {} '{}' \"$@\"\n", quoted.join(" "), bin.display());
+    // Written beside and renamed, so a test running in parallel never sees half a script.
+    let tmp = dir.join(format!("lmscope.{}.{:?}", std::process::id(), std::thread::current().id()));
+    std::fs::write(&tmp, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, dir.join("lmscope")).unwrap();
+    dir
+}
+
 /// The lmscope binary with a clean environment (no LMSCOPE_MODEL, no HF variables).
 pub fn lmscope() -> assert_cmd::Command {
-    let mut cmd = assert_cmd::Command::cargo_bin("lmscope").expect("the lmscope binary is built");
+    let mut cmd = assert_cmd::Command::from_std(lmscope_command());
     for var in
         ["LMSCOPE_MODEL", "HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN"]
     {
