@@ -30,6 +30,14 @@ const BASE_FUEL: u64 = 1_000_000;
 /// The largest rendered prompt, before the input is counted (the input's own size is added).
 const BASE_OUTPUT: usize = 1 << 20;
 
+/// The longest template source: chat templates are a few KB (the largest known are about 20 KB);
+/// minijinja's compile time grows faster than linearly for some long expressions (a chain of
+/// 10,000 `~` takes seconds), so a longer source is refused rather than compiled.
+const MAX_SOURCE: usize = 64 << 10;
+
+/// The stack of the thread a template renders on.
+const RENDER_STACK: usize = 512 << 20;
+
 /// The named special tokens transformers passes to a template (`special_tokens_map`).
 pub const SPECIAL_TOKEN_NAMES: [&str; 7] =
     ["bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token"];
@@ -173,6 +181,34 @@ impl ChatTemplate {
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<String> {
+        // minijinja walks nested values recursively (to print, compare or drop them), and a
+        // template can nest a list in itself once per loop step, cheaply in fuel: a value nested
+        // 100,000 deep would overflow a thread's usual stack. The render runs on a thread whose
+        // stack fits the deepest value the fuel allows (the memory is reserved, and only the
+        // pages a render touches are used).
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("chat-template".into())
+                .stack_size(RENDER_STACK)
+                .spawn_scoped(scope, || self.render_here(messages, add_generation_prompt))
+                .context("cannot start a thread to render the chat template")?
+                .join()
+                .map_err(|_| {
+                    anyhow::anyhow!("the chat template ({}) crashed its renderer", self.origin)
+                })?
+        })
+    }
+
+    fn render_here(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        if self.source.len() > MAX_SOURCE {
+            bail!(
+                "the chat template ({}) is {} KiB long, more than the {} KiB lmscope compiles \
+                 (chat templates are a few KiB)",
+                self.origin,
+                self.source.len().div_ceil(1024),
+                MAX_SOURCE >> 10
+            );
+        }
         let input: usize = messages.iter().map(|m| m.role.len() + m.content.len()).sum();
         let raised: Arc<Mutex<Option<String>>> = Arc::default();
         let env = environment(BASE_FUEL + input as u64, raised.clone())?;
@@ -615,6 +651,12 @@ pub fn prompt(
         );
     };
     let rendered = template.render(system, user)?;
+    if rendered.is_empty() {
+        bail!(
+            "the chat template ({}) of {model} rendered nothing for this message",
+            template.origin()
+        );
+    }
     if let Some(bos) = tokenizer.added_bos()? {
         if let Some(rest) = rendered.strip_prefix(bos.as_str()) {
             return Ok(rest.to_string());

@@ -297,6 +297,11 @@ fn hostile_chat_templates_are_clean_errors() {
         (Value::from("{% extends '/etc/passwd' %}"), "the chat template (chat_template in"),
         (Value::from("{{ raise_exception('Conversation roles must alternate') }}"), "refused the conversation: Conversation roles must alternate"),
         (Value::from(42), "chat_template in"),
+        // A list nested in itself 90,000 times, then printed and compared (a stack overflow
+        // before the render got its own large stack; found by the fuzz target).
+        (Value::from("{% set ns = namespace(a=[]) %}{% for i in range(90000) %}{% set ns.a = [ns.a] %}{% endfor %}{{ ns.a == ns.a }}{{ ns.a }}{{ raise_exception('printed') }}"), "refused the conversation: printed"),
+        (Value::from(format!("{{{{ 1{} }}}}", " ~ 1".repeat(20000))), "more than the 64 KiB"),
+        (Value::from("{% if false %}{% endif %}"), "rendered nothing"),
     ];
     let user = "x".repeat(2000);
     for (template, expected) in &cases {
