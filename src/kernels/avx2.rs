@@ -10,7 +10,7 @@
 //!   a time (two registers, from the inputs transposed once per product into [`Packed`]) by a
 //!   register-blocked kernel holding 6 x 16 results in 12 of the 16 registers.
 //! * [`attention_rows`], [`softmax`], [`silu_mul`]: the written-out attention of up to four
-//!   queries, and SwiGLU's gate, on a vectorised exp ([`exp8`], the same polynomial as AVX-512's).
+//!   queries, and SwiGLU's gate, on a vectorised exp (`exp8`, the same polynomial as AVX-512's).
 //! * [`rms_norm_row`]: RMSNorm with the portable kernel's 16 running sums, bit for bit.
 //!
 //! AVX2 has no per-lane masks on ordinary loads: tails are read and written with

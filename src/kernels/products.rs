@@ -34,7 +34,7 @@ pub fn matmul_t_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
 
 /// [`matmul_t_many`] on the given backend's kernels (the tests run each backend's). A bf16 or
 /// f16 input gives products in its dtype, as PyTorch's: each weight rounded to the dtype, the
-/// products summed in f32 and rounded once ([`half_products`]).
+/// products summed in f32 and rounded once (`half_products`).
 pub fn matmul_t_many_on(backend: Backend, ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
     if let Some(half) = Half::of(x.dtype()) {
         return half_products(backend, half, ws, x);
