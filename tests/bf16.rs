@@ -4,7 +4,10 @@
 //! arithmetic on 16-bit values and round each op's output to the dtype; they differ in the
 //! order of the additions, and a sum that lands on the other side of a rounding boundary moves a
 //! value by a step of the dtype's grid, which the next ops carry on. The bounds below are what
-//! was measured (docs/performance.md, "bf16 and f16") with some margin.
+//! was measured (docs/performance.md, "bf16 and f16") with some margin, on every backend: bf16
+//! max 0.56-0.58 and mean 0.11-0.12 on reference, avx512 and amx, but max 1.06 and mean 0.20 on
+//! portable and avx2 on an AMD EPYC (the 16-token prompt, whose row moved by 0.56 on average
+//! after one flip); f16 max 0.06-0.08, mean 0.012-0.014 everywhere.
 
 mod common;
 
@@ -16,10 +19,12 @@ use lmscope::source::ModelSpec;
 
 /// How close one dtype must be: transformers' top-10 ids that lmscope's top-10 holds (summed over
 /// the prompts), the top-1 of every prompt the same, and the largest |logit difference| over
-/// every prompt's last-position row.
+/// every prompt's last-position row, and the mean |logit difference| (the prompts' rows' means,
+/// averaged), which a single rounding flip carried through the layers moves far less than the max.
 struct Bounds {
     top10_shared_at_least: usize,
     max_abs_diff: f32,
+    mean_abs_diff: f32,
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
@@ -49,7 +54,7 @@ fn close_to_transformers(name: &str, dtype: DType, bounds: Bounds) {
     assert!(cases.iter().any(|c| c["ids"].as_array().unwrap().len() >= 90), "a long prompt");
     let spec = ModelSpec::parse(real_model().to_str().unwrap(), None).unwrap();
     let m = load::load(&spec.resolve().unwrap(), dtype).unwrap();
-    let (mut shared, mut worst) = (0, 0f32);
+    let (mut shared, mut worst, mut mean) = (0, 0f32, 0f32);
     for case in cases {
         let ids = ids(&case["ids"]);
         let logits = m.model.logits(&ids).unwrap().squeeze(0).unwrap();
@@ -57,6 +62,8 @@ fn close_to_transformers(name: &str, dtype: DType, bounds: Bounds) {
         let expected = sixteen_bits(case["last_logits_b64"].as_str().unwrap(), dtype);
         assert_eq!(last.len(), expected.len());
         let diff = last.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let row_mean =
+            last.iter().zip(&expected).map(|(a, b)| (a - b).abs()).sum::<f32>() / last.len() as f32;
         let ours = top10(&last);
         let theirs: Vec<u32> = case["top"]
             .as_array()
@@ -67,7 +74,7 @@ fn close_to_transformers(name: &str, dtype: DType, bounds: Bounds) {
         assert_eq!(top10(&expected), theirs, "the fixture's top-10 is its row's");
         let here = theirs.iter().filter(|id| ours.contains(id)).count();
         eprintln!(
-            "{name} {:>3} tokens: top-10 shared {here}/10, top-1 {} vs {}, max |logit diff| {diff:.4}",
+            "{name} {:>3} tokens: top-10 shared {here}/10, top-1 {} vs {}, max |logit diff| {diff:.4}, mean {row_mean:.4}",
             ids.len(),
             ours[0],
             theirs[0]
@@ -75,8 +82,12 @@ fn close_to_transformers(name: &str, dtype: DType, bounds: Bounds) {
         assert_eq!(ours[0], theirs[0], "{name}: top-1 after {} tokens", ids.len());
         shared += here;
         worst = worst.max(diff);
+        mean += row_mean / cases.len() as f32;
     }
-    eprintln!("{name}: top-10 shared {shared}/{}, max |logit diff| {worst:.4}", 10 * cases.len());
+    eprintln!(
+        "{name}: top-10 shared {shared}/{}, max |logit diff| {worst:.4}, mean {mean:.4}",
+        10 * cases.len()
+    );
     assert!(
         shared >= bounds.top10_shared_at_least,
         "{name}: top-10 shared {shared} < {}",
@@ -87,6 +98,11 @@ fn close_to_transformers(name: &str, dtype: DType, bounds: Bounds) {
         "{name}: max |logit diff| {worst} > {}",
         bounds.max_abs_diff
     );
+    assert!(
+        mean <= bounds.mean_abs_diff,
+        "{name}: mean |logit diff| {mean} > {}",
+        bounds.mean_abs_diff
+    );
 }
 
 #[test]
@@ -94,7 +110,7 @@ fn bf16_is_close_to_transformers_bf16() {
     close_to_transformers(
         "bfloat16",
         DType::BF16,
-        Bounds { top10_shared_at_least: 36, max_abs_diff: 1.0 },
+        Bounds { top10_shared_at_least: 36, max_abs_diff: 1.25, mean_abs_diff: 0.25 },
     );
 }
 
@@ -103,6 +119,6 @@ fn f16_is_close_to_transformers_f16() {
     close_to_transformers(
         "float16",
         DType::F16,
-        Bounds { top10_shared_at_least: 38, max_abs_diff: 0.15 },
+        Bounds { top10_shared_at_least: 38, max_abs_diff: 0.15, mean_abs_diff: 0.03 },
     );
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{json, lmscope, lmscope_err, lmscope_json, real_model, repo_path, tiny_dir};
+use common::{json, lmscope, lmscope_err, lmscope_json, real_model, tiny_dir};
 use std::io::Read;
 use std::process::Stdio;
 
@@ -22,18 +22,7 @@ fn golden(name: &str, args: &[&str]) {
 
 /// [`golden`] with environment variables set.
 fn golden_with(name: &str, env: &[(&str, &str)], args: &[&str]) {
-    let out = lmscope().envs(env.iter().copied()).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let actual = String::from_utf8(out.stdout).unwrap();
-    let path = repo_path(&format!("tests/golden/{name}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("{} is missing: run UPDATE_GOLDEN=1 cargo test --test commands", path.display())
-    });
-    assert_eq!(actual, expected, "output of {args:?} differs from {}", path.display());
+    common::compare::golden("commands", name, env, args);
 }
 
 #[test]

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::compare::{last_place, pieces, same_but_last_digits, within, Piece};
 use common::{real_model, repo_path};
 use std::process::Command;
 
@@ -110,99 +111,6 @@ fn cpu_dependence(command: &str) -> Cpu {
     }
 }
 
-/// A piece of output for the tolerant comparison: a number, or a run of other visible characters.
-#[derive(Debug, PartialEq)]
-enum Piece<'a> {
-    Number(&'a str),
-    Word(&'a str),
-}
-
-/// Splits output into numbers and words, dropping whitespace and table borders (whose widths
-/// follow the numbers' widths).
-fn pieces(text: &str) -> Vec<Piece<'_>> {
-    let border = |c: char| c.is_whitespace() || ('\u{2500}'..='\u{257F}').contains(&c);
-    let bytes = text.as_bytes();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < text.len() {
-        let c = text[i..].chars().next().expect("inside the text");
-        if border(c) {
-            i += c.len_utf8();
-            continue;
-        }
-        let digit_at = |j: usize| j < bytes.len() && bytes[j].is_ascii_digit();
-        let starts_number = digit_at(i) || (c == '-' && digit_at(i + 1));
-        let mut j = i + c.len_utf8();
-        if starts_number {
-            while digit_at(j) || (j < bytes.len() && bytes[j] == b'.' && digit_at(j + 1)) {
-                j += 1;
-            }
-            if j < bytes.len() && (bytes[j] == b'e' || bytes[j] == b'E') {
-                let k = if j + 1 < bytes.len() && bytes[j + 1] == b'-' { j + 2 } else { j + 1 };
-                if digit_at(k) {
-                    j = k;
-                    while digit_at(j) {
-                        j += 1;
-                    }
-                }
-            }
-            out.push(Piece::Number(&text[i..j]));
-        } else {
-            while j < text.len() {
-                let d = text[j..].chars().next().expect("inside the text");
-                let minus_digit = d == '-' && digit_at(j + 1);
-                if border(d) || d.is_ascii_digit() || minus_digit {
-                    break;
-                }
-                j += d.len_utf8();
-            }
-            out.push(Piece::Word(&text[i..j]));
-        }
-        i = j;
-    }
-    out
-}
-
-/// Compares output with the page's, numbers within `tolerance` (integers exactly). Returns the
-/// largest difference of a number, or the first difference that is too large.
-fn within(expected: &str, got: &str, tolerance: f64) -> Result<f64, String> {
-    let (a, b) = (pieces(expected), pieces(got));
-    let mut largest = 0.0f64;
-    for (x, y) in a.iter().zip(&b) {
-        let same = match (x, y) {
-            // A dotted run that is no float (a version, an address) is compared as a word.
-            (Piece::Number(p), Piece::Number(q))
-                if (p.contains(['.', 'e']) || q.contains(['.', 'e']))
-                    && p.parse::<f64>().is_ok()
-                    && q.parse::<f64>().is_ok() =>
-            {
-                let (p, q): (f64, f64) = (p.parse().expect("checked"), q.parse().expect("checked"));
-                largest = largest.max((p - q).abs());
-                (p - q).abs() <= tolerance
-            }
-            // A rank deep in the vocabulary (a token of probability 1e-23) moves by a place or two
-            // with the rounding: integers of 1000 and more may differ by 0.1 %. Ids stay exact in
-            // effect: the token string beside an id is a word.
-            (Piece::Number(p), Piece::Number(q)) if tolerance > 0.0 => {
-                match (p.parse::<f64>(), q.parse::<f64>()) {
-                    (Ok(p), Ok(q)) if p >= 1000.0 => (p - q).abs() <= p / 1000.0,
-                    _ => x == y,
-                }
-            }
-            _ => x == y,
-        };
-        if !same {
-            return Err(format!(
-                "the page shows {x:?}, lmscope prints {y:?} (tolerance {tolerance})"
-            ));
-        }
-    }
-    if a.len() != b.len() {
-        return Err(format!("the page shows {} pieces, lmscope prints {}", a.len(), b.len()));
-    }
-    Ok(largest)
-}
-
 #[test]
 fn tolerant_comparison() {
     let page = "│ 1 ┆ 260 ┆ Ġthe ┆ \" the\" ┆ 10.0625 ┆ 0.2628 ┆ -1.3365 │";
@@ -221,6 +129,17 @@ fn tolerant_comparison() {
     assert!(within(page, &page.replace("Ġthe", "Ġthen"), 1.0).is_err());
     assert!(within(page, &page.replace("260", "261"), 1.0).is_err());
     assert!(within("a 1.5 b", "a 1.5", 1.0).is_err());
+    // Golden files: the last printed digit by one unit and a half, on the same lines.
+    assert_eq!(last_place("1331.51"), 0.01);
+    assert!((last_place("3.1814e-13") - 1e-17).abs() < 1e-30);
+    assert_eq!(last_place("42"), 1.0);
+    let golden = "perplexity 1331.51\np = 3.1814e-13, rank 339";
+    assert!(same_but_last_digits(golden, "perplexity 1331.52\np = 3.1815e-13, rank 339").is_ok());
+    assert!(same_but_last_digits(golden, "perplexity 1331.54\np = 3.1814e-13, rank 339").is_err());
+    assert!(same_but_last_digits("ppl 47287.71", "ppl 47287.69").is_ok());
+    assert!(same_but_last_digits("ppl 47287.71", "ppl 47289.71").is_err());
+    assert!(same_but_last_digits(golden, "perplexity 1331.51\np = 3.1814e-13, rank 340").is_err());
+    assert!(same_but_last_digits(golden, "perplexity 1331.51 p = 3.1814e-13, rank 339").is_err());
     assert_eq!(
         pieces("[-1.9108746,2.5e-05] x1"),
         vec![

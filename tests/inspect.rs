@@ -15,20 +15,10 @@ fn gguf() -> String {
 
 const TINY: &str = "fixtures/tiny-llama";
 
-/// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it).
+/// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it): byte
+/// for byte on the CPU that wrote it, floats by their last digit elsewhere.
 fn golden(name: &str, args: &[&str]) {
-    let out = lmscope().current_dir(repo_path("")).args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let actual = String::from_utf8(out.stdout).unwrap();
-    let path = repo_path(&format!("tests/golden/{name}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("{} is missing: run UPDATE_GOLDEN=1 cargo test --test inspect", path.display())
-    });
-    assert_eq!(actual, expected, "output of {args:?} differs from {}", path.display());
+    let actual = common::compare::golden("inspect", name, &[], args);
     assert_fits_80_columns(&actual, args);
 }
 

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{lmscope, lmscope_json, real_model, repo_path, tiny_dir};
+use common::{lmscope, lmscope_json, real_model, tiny_dir};
 use serde_json::Value;
 
 fn gguf() -> String {
@@ -19,23 +19,13 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
 }
 
-/// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it).
+/// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it): byte
+/// for byte on the CPU that wrote it, floats by their last digit elsewhere.
 fn golden(name: &str, args: &[&str]) {
-    let out = lmscope().args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let actual = String::from_utf8(out.stdout).unwrap();
+    let actual = common::compare::golden("probs", name, &[], args);
     for line in actual.lines().filter(|l| l.starts_with(['┌', '│', '╞', '└'])) {
         assert!(line.chars().count() <= 80, "{args:?}: a table line is wider than 80: {line}");
     }
-    let path = repo_path(&format!("tests/golden/{name}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("{} is missing: run UPDATE_GOLDEN=1 cargo test --test probs", path.display())
-    });
-    assert_eq!(actual, expected, "output of {args:?} differs from {}", path.display());
 }
 
 #[test]

@@ -13,23 +13,13 @@ fn gguf() -> String {
 const TINY: &str = "fixtures/tiny-llama";
 const TEXT: &str = "The capital of Finland is";
 
-/// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it).
+/// Compares a command's stdout with tests/golden/NAME.txt (UPDATE_GOLDEN=1 rewrites it): byte
+/// for byte on the CPU that wrote it, floats by their last digit elsewhere.
 fn golden(name: &str, args: &[&str]) {
-    let out = lmscope().args(args).output().unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let actual = String::from_utf8(out.stdout).unwrap();
+    let actual = common::compare::golden("trace", name, &[], args);
     for line in actual.lines() {
         assert!(line.chars().count() <= 80, "wider than 80 columns: {line:?}");
     }
-    let path = repo_path(&format!("tests/golden/{name}.txt"));
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
-        panic!("{} is missing: run UPDATE_GOLDEN=1 cargo test --test trace", path.display())
-    });
-    assert_eq!(actual, expected, "output of {args:?} differs from {}", path.display());
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod compare;
+
 use std::path::PathBuf;
 
 /// A path inside the repository.
