@@ -317,6 +317,9 @@ fn real_model_tables_fit_80_columns() {
     let g = gguf();
     for args in [
         vec!["lens", PROMPT, "--track", "Helsinki"],
+        // More ranks than fit side by side: tables below each other.
+        vec!["lens", PROMPT, "-k", "5", "--track", "Helsinki"],
+        vec!["lens", PROMPT, "-k", "10"],
         vec!["attention", PROMPT, "--layer", "16"],
         vec!["attention", PROMPT, "--summary", "--induction"],
         vec!["kv-check", PROMPT],

@@ -353,6 +353,58 @@ fn neighbours_are_the_highest_cosines() {
     assert_eq!(out["neighbours"], j["neighbours"]);
 }
 
+/// A copy of the tiny fixture whose lm_head is its own matrix (the embedding rows in another
+/// order, so every row is a real vector but the neighbours differ), with tie_word_embeddings off.
+fn untied_tiny() -> (tempfile::TempDir, Vec<Vec<f32>>) {
+    use candle_core::{Device, Tensor};
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(tiny_dir().join("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(tiny_dir().join("model.safetensors"), &Device::Cpu).unwrap();
+    let embed: Vec<Vec<f32>> = tensors["model.embed_tokens.weight"].to_vec2().unwrap();
+    let n = embed.len();
+    let lm_head: Vec<Vec<f32>> = (0..n).map(|i| embed[(i * 7 + 3) % n].clone()).collect();
+    let flat: Vec<f32> = lm_head.iter().flatten().copied().collect();
+    let shape = (n, embed[0].len());
+    tensors.insert("lm_head.weight".into(), Tensor::from_vec(flat, shape, &Device::Cpu).unwrap());
+    candle_core::safetensors::save(&tensors, dir.path().join("model.safetensors")).unwrap();
+    let mut config: Value =
+        serde_json::from_str(&std::fs::read_to_string(tiny_dir().join("config.json")).unwrap())
+            .unwrap();
+    config["tie_word_embeddings"] = false.into();
+    std::fs::write(dir.path().join("config.json"), config.to_string()).unwrap();
+    (dir, lm_head)
+}
+
+#[test]
+fn untied_output_space_uses_lm_head_rows() {
+    let (dir, lm_head) = untied_tiny();
+    let model = dir.path().to_str().unwrap();
+    let input = lmscope_json(&["--model", model, "neighbours", "dog", "-k", "5"]);
+    let out =
+        lmscope_json(&["--model", model, "neighbours", "dog", "-k", "5", "--space", "output"]);
+    assert_eq!(input["tied"], false);
+    assert_eq!(out["tied"], false);
+    assert_eq!(out["matrix"], "lm_head.weight");
+    assert_ne!(out["neighbours"], input["neighbours"], "another matrix, other neighbours");
+    // The cosines by hand, in f64, over lm_head's rows.
+    let id = out["id"].as_u64().unwrap() as usize;
+    let cos = |a: &[f32], b: &[f32]| {
+        let dot: f64 = a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum();
+        let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+        dot / (norm(a) * norm(b))
+    };
+    let mut by_hand: Vec<(usize, f64)> = (0..lm_head.len())
+        .filter(|&j| j != id)
+        .map(|j| (j, cos(&lm_head[id], &lm_head[j])))
+        .collect();
+    by_hand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    for (x, (j, c)) in out["neighbours"].as_array().unwrap().iter().zip(&by_hand) {
+        assert_eq!(x["id"].as_u64().unwrap() as usize, *j, "{x}");
+        assert!((f(&x["cosine"]) - c).abs() < 1e-5, "{x}: by hand {c}");
+    }
+}
+
 #[test]
 fn king_minus_man_plus_woman_is_queen() {
     let j = lmscope_json(&["--model", &gguf(), "analogy", "king", "man", "woman", "-k", "5"]);
@@ -365,7 +417,8 @@ fn king_minus_man_plus_woman_is_queen() {
     for r in j["results"].as_array().unwrap() {
         assert!(!ids.contains(&&r["id"]), "the inputs are left out: {r}");
     }
-    // " king" itself is nearer the query than " queen" (gensim leaves it out for this reason).
+    // " king" itself comes right after " queen" (rank 2): the inputs are often the nearest
+    // vectors to the query, which is why gensim leaves them out of the ranking.
     assert_eq!(inputs[0]["rank"], 2);
     assert!(f(&inputs[0]["cosine"]) < f(&j["results"][0]["cosine"]));
     assert!(inputs[1]["rank"].as_u64().unwrap() > 40_000, " man is subtracted: far down");

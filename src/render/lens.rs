@@ -108,11 +108,35 @@ fn top_table(r: &LensReport) -> String {
         "position {position} ({}): the top {} of each layer\n",
         r.tokens[position], r.top_k
     );
-    let mut header: Vec<String> = vec!["layer".into()];
-    header.extend((1..=r.top_k).map(|k| k.to_string()));
     if let Some(t) = &r.track {
         s +=
             &format!("rank and prob: where {} (id {}) is in that layer's guesses\n", t.token, t.id);
+    }
+    // As many ranks side by side as fit in the terminal; the rest in tables below, each with
+    // the layer column (and the tracked word's columns in the last).
+    let fits = |t: &str| t.lines().all(|line| width(line) <= WIDTH);
+    let mut per = r.top_k.max(1);
+    let tables = loop {
+        let ranks: Vec<usize> = (1..=r.top_k).collect();
+        let chunks: Vec<&[usize]> = ranks.chunks(per).collect();
+        let last = chunks.len() - 1;
+        let tables: Vec<String> =
+            chunks.iter().enumerate().map(|(i, c)| ranks_table(r, p, c, i == last)).collect();
+        if per == 1 || tables.iter().all(|t| fits(t)) {
+            break tables;
+        }
+        per -= 1;
+    };
+    s + &tables.join("")
+}
+
+/// The per-layer table of the given ranks (1-based) at shown position `p`, with the tracked
+/// word's rank and probability when `track` is set.
+fn ranks_table(r: &LensReport, p: usize, ranks: &[usize], track: bool) -> String {
+    let track = if track { r.track.as_ref() } else { None };
+    let mut header: Vec<String> = vec!["layer".into()];
+    header.extend(ranks.iter().map(|k| k.to_string()));
+    if track.is_some() {
         header.extend(["rank".to_string(), "prob".to_string()]);
     }
     let header: Vec<&str> = header.iter().map(String::as_str).collect();
@@ -122,13 +146,14 @@ fn top_table(r: &LensReport) -> String {
             None => "embed".to_string(),
             Some(l) => l.to_string(),
         }];
+        let top = &row.positions[p].top;
         cells.extend(
-            row.positions[p]
-                .top
+            ranks
                 .iter()
+                .filter_map(|&k| top.get(k - 1))
                 .map(|g| format!("{} {}", clip(&g.token, 10), prob3(g.prob))),
         );
-        if let Some(track) = &r.track {
+        if let Some(track) = track {
             let tr = &track.rows[i];
             cells.push(tr.rank.to_string());
             cells.push(format!("{:.3}", tr.prob));
@@ -136,10 +161,10 @@ fn top_table(r: &LensReport) -> String {
         t.add_row(cells);
     }
     right(&mut t, &[0]);
-    if r.track.is_some() {
-        right(&mut t, &[r.top_k + 1, r.top_k + 2]);
+    if track.is_some() {
+        right(&mut t, &[ranks.len() + 1, ranks.len() + 2]);
     }
-    s + &format!("{t}\n")
+    format!("{t}\n")
 }
 
 fn track_line(t: &crate::stages::lens::Track) -> String {
