@@ -33,6 +33,9 @@ pub struct Session {
     rankings_set: u64,
     /// Whether `-` may read standard input (not in the repl, whose lines come from there).
     stdin: Stdin,
+    /// The command line of the command being run, where it is not the process's own (a repl
+    /// line, as the one-shot command that prints the same): the trace page records it.
+    command_line: Option<Vec<String>>,
 }
 
 /// The next-token candidates of the last command that ranked them (`logits`: its top-k;
@@ -135,6 +138,31 @@ impl Session {
     /// The last ranking a command made, if any.
     pub fn ranking(&self) -> Option<&Ranking> {
         self.ranking.as_ref()
+    }
+
+    /// The command line the next command records as its own (the repl sets each line's, with
+    /// the session's text and settings added, so that a saved trace page says how to run it
+    /// again without the repl).
+    pub fn set_command_line(&mut self, argv: Vec<String>) {
+        self.command_line = Some(argv);
+    }
+
+    /// The command line of the command being run: the one [`Session::set_command_line`] set, or
+    /// the process's own.
+    fn command_line(&self) -> String {
+        match &self.command_line {
+            Some(argv) => quoted(argv),
+            None => {
+                let mut args: Vec<String> = std::env::args().collect();
+                if let Some(first) = args.first_mut() {
+                    // The program's name, not the path it was run from.
+                    if let Some(name) = std::path::Path::new(first.as_str()).file_name() {
+                        *first = name.to_string_lossy().into_owned();
+                    }
+                }
+                quoted(&args)
+            }
+        }
     }
 
     /// How many rankings commands have made: it changes when a command makes one.
@@ -380,7 +408,7 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
             let req = trace::TraceRequest {
                 prompt: &prompt,
                 model: &model,
-                command: command_line(),
+                command: session.command_line(),
                 sample: args.sample.then(|| {
                     (
                         crate::sampling::Settings {
@@ -489,15 +517,8 @@ fn space_request<'a>(words: &'a [String], args: &SpaceArgs) -> space::SpaceReque
     }
 }
 
-/// The command line, quoted so a shell runs it again (for the trace page).
-fn command_line() -> String {
-    let mut args: Vec<String> = std::env::args().collect();
-    if let Some(first) = args.first_mut() {
-        // The program's name, not the path it was run from.
-        if let Some(name) = std::path::Path::new(first.as_str()).file_name() {
-            *first = name.to_string_lossy().into_owned();
-        }
-    }
+/// A command line, quoted so a shell runs it again (for the trace page).
+fn quoted(args: &[String]) -> String {
     args.iter()
         .map(|a| {
             let plain = !a.is_empty()

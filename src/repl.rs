@@ -30,8 +30,9 @@ use std::path::PathBuf;
 pub const PROMPT: &str = "lmscope> ";
 
 /// Options that cannot be settings: clap's own, --threads (the thread pool is made once, when
-/// the process starts), and the input options (the current text is `:text`).
-const NOT_SETTABLE: &[&str] = &["help", "version", "threads", "file", "ids"];
+/// the process starts), the input options (the current text is `:text`), and trace's --html (every
+/// later trace would overwrite the one page).
+const NOT_SETTABLE: &[&str] = &["help", "version", "threads", "file", "ids", "html"];
 
 /// The id of the positional argument that `:text` fills in (every command's `text: String`).
 const TEXT: &str = "text";
@@ -185,8 +186,11 @@ impl Repl {
 
     /// A line that is an lmscope command.
     fn command(&mut self, words: &[String], session: &mut Session, out: &mut dyn Write) -> Outcome {
-        let cli = match self.parse(words) {
-            Ok(cli) => cli,
+        let cli = match self.parse_with_argv(words) {
+            Ok((cli, argv)) => {
+                session.set_command_line(argv);
+                cli
+            }
             Err(err) => {
                 use clap::error::ErrorKind;
                 if matches!(err.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
@@ -230,9 +234,15 @@ impl Repl {
     /// Parses a line's words as `lmscope WORDS`, with the current text and the settings added
     /// where the line's command takes them and the line did not give them.
     pub fn parse(&self, words: &[String]) -> Result<Cli, clap::Error> {
+        self.parse_with_argv(words).map(|(cli, _)| cli)
+    }
+
+    /// [`Repl::parse`], with the argv that parsed: the one-shot command line of the line.
+    fn parse_with_argv(&self, words: &[String]) -> Result<(Cli, Vec<String>), clap::Error> {
+        let parsed = |argv: Vec<String>| parse_argv(&argv).map(|cli| (cli, argv));
         let extras = self.extras(words);
-        if let Ok(cli) = parse_argv(&assemble(words, &extras)) {
-            return Ok(cli);
+        if let Ok(done) = parsed(assemble(words, &extras)) {
+            return Ok(done);
         }
         // Some addition does not fit this line (generate's --temperature without --sample,
         // tokenize's text with --ids): keep those that do, in order.
@@ -243,13 +253,13 @@ impl Repl {
                 kept.pop();
             }
         }
-        if let Ok(cli) = parse_argv(&assemble(words, &kept)) {
-            return Ok(cli);
+        if let Ok(done) = parsed(assemble(words, &kept)) {
+            return Ok(done);
         }
         // The line itself is wrong: clap's message for it (with the current text, so that the
         // message is not about a missing TEXT the repl would have given).
         let text: Vec<Extra> = extras.into_iter().filter(|x| matches!(x, Extra::Text(_))).collect();
-        parse_argv(&assemble(words, &text))
+        parsed(assemble(words, &text))
     }
 
     /// What the repl would add to a line: the current text, then the settings that the line's

@@ -249,6 +249,25 @@ fn kv_check_on_the_current_text_equals_the_one_shot_but_for_its_timings() {
 }
 
 #[test]
+fn a_trace_line_records_the_one_shot_command_that_prints_it() {
+    let t = tiny();
+    let lines = [":text The capital", ":set top-k 5", "--json trace --steps 1 --sample --seed 2"];
+    let out = session(&["--model", &t], &lines);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // The page's command line is the line's, with the session's text and settings: run alone,
+    // it prints the same document, its command line included.
+    let command = got["command"].as_str().unwrap();
+    let argv = shlex::split(command).unwrap();
+    assert_eq!(argv[0], "lmscope", "{command}");
+    assert!(argv.contains(&"trace".to_string()) && argv.contains(&"The capital".to_string()));
+    assert!(argv.contains(&"--top-k=5".to_string()), "{command}");
+    let args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+    let again: serde_json::Value = serde_json::from_str(&oneshot(&args)).unwrap();
+    assert_eq!(got, again);
+}
+
+#[test]
 fn settings_are_defaults_for_later_lines() {
     let t = tiny();
     let out = session(
@@ -270,9 +289,10 @@ fn settings_are_defaults_for_later_lines() {
             ":set",
             ":set temperature abc",
             ":set nosuch 1",
+            ":set html page.html",
         ],
     );
-    assert_eq!(out.status.code(), Some(1), "the last two lines fail");
+    assert_eq!(out.status.code(), Some(1), "the last three lines fail");
     let m = ["--model", t.as_str()];
     let one = |args: &[&str]| oneshot(&[&m[..], args].concat());
     let expected = one(&["logits", "-k", "3", "x"])
@@ -303,6 +323,8 @@ fn settings_are_defaults_for_later_lines() {
         "{stderr}"
     );
     assert!(stderr.contains("error: there is no setting nosuch"), "{stderr}");
+    // Every later trace would overwrite one page.
+    assert!(stderr.contains("error: there is no setting html"), "{stderr}");
 }
 
 /// The text of the candidates `logits -k K TEXT` ranks, from its JSON.

@@ -17,6 +17,27 @@ pub(super) fn short(bytes: &[u8], max: usize) -> String {
     format!("{cut}…")
 }
 
+/// The words the texts all start with (up to a space that begins the next word in each), or ""
+/// when that is short or some text is nothing more.
+fn common_start<'a>(texts: &[&'a str]) -> &'a str {
+    let Some((first, rest)) = texts.split_first() else { return "" };
+    let mut len = first.len();
+    for t in rest {
+        len = first.bytes().zip(t.bytes()).take(len).take_while(|(a, b)| a == b).count();
+    }
+    // Back to a word boundary: the next character of every text is a space.
+    while len > 0
+        && !(first.is_char_boundary(len)
+            && texts.iter().all(|t| t.len() > len && t.as_bytes()[len] == b' '))
+    {
+        len -= 1;
+    }
+    if first[..len].chars().count() < 8 {
+        return "";
+    }
+    &first[..len]
+}
+
 const UNITS: &str = "log-prob: natural log of p; bits: the surprisal -log2 p; rank 1 = the model's top choice there; entropy: of the whole next-token distribution there, in bits";
 
 fn one(s: &mut String, r: &TextScore) {
@@ -77,14 +98,22 @@ pub fn score(out: &mut dyn Write, format: Format, r: &ScoreReport) -> Result<()>
                     one(&mut s, c);
                     s.push('\n');
                 }
-                let after =
-                    prompt.as_ref().map_or(String::new(), |p| format!(" after {}", visible(p)));
+                // Texts that start alike (no --prompt) are told apart by what follows the start.
+                let texts: Vec<&str> = candidates.iter().map(|c| c.text.as_str()).collect();
+                let start = if prompt.is_none() { common_start(&texts) } else { "" };
+                let after = match prompt {
+                    Some(p) => format!(" after {}", visible(p)),
+                    None if !start.is_empty() => {
+                        format!(", each after their common start {}", visible(start))
+                    }
+                    None => String::new(),
+                };
                 let _ = writeln!(s, "the candidates{after}:");
                 let mut t = table(&["#", "text", "tokens", "log-prob", "p", "mean", "perplexity"]);
                 for (i, c) in candidates.iter().enumerate() {
                     t.add_row(vec![
                         (i + 1).to_string(),
-                        short(c.text.as_bytes(), 20),
+                        short(c.text[start.len()..].as_bytes(), 16),
                         c.tokens.len().to_string(),
                         format!("{:.4}", c.total_logprob),
                         format!("{:.4e}", c.total_logprob.exp()),
@@ -117,4 +146,24 @@ pub fn score(out: &mut dyn Write, format: Format, r: &ScoreReport) -> Result<()>
         s += UNITS;
         s
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::common_start;
+
+    #[test]
+    fn common_start_stops_at_a_word() {
+        let finland = ["The capital of Finland is Helsinki", "The capital of Finland is Oslo"];
+        assert_eq!(common_start(&finland), "The capital of Finland is");
+        // "Helsinki" and "Helsingborg" share "Helsin", but not a word.
+        let cities = ["Go to the city of Helsinki now", "Go to the city of Helsingborg now"];
+        assert_eq!(common_start(&cities), "Go to the city of");
+        assert_eq!(common_start(&["Go to Helsinki", "Go to Helsingborg"]), "");
+        // Short starts are not worth a line; a text that is all of the start keeps its last word.
+        assert_eq!(common_start(&["A cat", "A dog"]), "");
+        let whole = ["The capital of Finland", "The capital of Finland is"];
+        assert_eq!(common_start(&whole), "The capital of");
+        assert_eq!(common_start(&["Ä capital öf X", "Ä capital öf Y"]), "Ä capital öf");
+    }
 }

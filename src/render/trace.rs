@@ -199,10 +199,11 @@ fn human(r: &TraceReport, shade: Shade) -> String {
                 for x in &st.stages {
                     let _ = writeln!(
                         s,
-                        "   {:<11} {:>8}: {:>6} tokens kept, mass kept {:.4}, cut {:.4}",
+                        "   {:<11} {:>8}: {:>6} token{} kept, mass kept {:.4}, cut {:.4}",
                         x.stage,
                         opt(x.setting),
                         x.kept,
+                        if x.kept == 1 { "" } else { "s" },
                         x.mass,
                         x.cut
                     );
