@@ -62,14 +62,37 @@ run_browser --hide-scrollbars --window-size=1200,2000 --virtual-time-budget=5000
     exit 1
 }
 
-python3=$(command -v python3 || true)
 fail=0
 check() { echo "browser-test: $1"; }
-# Console errors from the page (the script's, or a blocked request).
-if grep -E "Uncaught|CONSOLE\(.*(Error|error)|Refused to|net::ERR" "$work/console.log" >&2; then
-    check "FAILED: console errors above"; fail=1
+# What the page said on the console: the page logs nothing, so any message of the page is a
+# failure (Chromium writes every level as `INFO:CONSOLE:LINE] "..."`, or `CONSOLE(LINE)` in older
+# versions), and so is an exception, a request the page's Content-Security-Policy blocked, or a
+# failed load.
+console_errors() {
+    grep -E ':CONSOLE[:(]|CONSOLE\(|Uncaught|Content Security Policy|Refused to|net::ERR' "$1"
+}
+if console_errors "$work/console.log" >&2; then
+    check "FAILED: console messages above"; fail=1
+fi
+# The check above must see what it looks for on this browser: a probe page that logs an error
+# and makes a request its policy blocks.
+cat > "$work/probe.html" <<'HTML'
+<!doctype html><html><head><meta http-equiv="Content-Security-Policy" content="default-src 'none'; script-src 'unsafe-inline'"></head>
+<body><script>console.error("probe")</script><img src="http://127.0.0.1:9/x.png"></body></html>
+HTML
+run_browser --enable-logging=stderr --v=0 --virtual-time-budget=2000 --dump-dom \
+    "file://$work/probe.html" > /dev/null 2> "$work/probe.log" || true
+if [ "$(console_errors "$work/probe.log" | grep -c .)" -lt 2 ]; then
+    check "FAILED: the console check does not see a probe page's error and blocked request"
+    cat "$work/probe.log" >&2; fail=1
 fi
 grep -q 'data-drawn="yes"' "$work/dom.html" || { check "FAILED: the page's script did not finish"; fail=1; }
+# The DOM as drawn, without the scripts (the page's data are JSON in a script element: text
+# found there proves nothing about what is shown).
+python3 - "$work/dom.html" > "$work/drawn.html" <<'PY'
+import re, sys
+print(re.sub(r"<script\b.*?</script>", "", open(sys.argv[1], encoding="utf-8").read(), flags=re.S))
+PY
 # Every token and the predicted one, as the script wrote them (JSON-quoted text in the boxes).
 expect=$(python3 - "$work/trace.json" <<'PY'
 import html, json, sys
@@ -80,9 +103,9 @@ print(html.escape(json.dumps(r["next"]["text"], ensure_ascii=False), quote=False
 PY
 )
 while IFS= read -r piece; do
-    grep -qF -- "$piece" "$work/dom.html" || { check "FAILED: the DOM lacks $piece"; fail=1; }
+    grep -qF -- "$piece" "$work/drawn.html" || { check "FAILED: the drawn page lacks $piece"; fail=1; }
 done <<< "$expect"
-grep -q 'id="predicted"' "$work/dom.html" || { check "FAILED: no predicted token"; fail=1; }
+grep -q 'id="predicted"' "$work/drawn.html" || { check "FAILED: no predicted token"; fail=1; }
 # The screenshot is not blank: more than one colour, and more than a sliver of non-white.
 [ -s "$shot" ] || { check "FAILED: empty screenshot"; fail=1; }
 python3 - "$shot" <<'PY' || fail=1
