@@ -481,6 +481,15 @@ mod terminal {
         p.send_line("tokenize Helsinki").unwrap();
         p.exp_string("input_ids: [").unwrap();
         p.exp_string("lmscope> ").unwrap();
+        // A command that prints only at its end stops as well: kv-check between its steps
+        // (1500 steps, each with a full pass over the growing text, would take many minutes).
+        let started = std::time::Instant::now();
+        p.send_line("kv-check --steps 1500 \"Once upon a time\"").unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        p.send_control('c').unwrap();
+        p.exp_string("interrupted").unwrap();
+        p.exp_string("lmscope> ").unwrap();
+        assert!(started.elapsed() < Duration::from_secs(30), "the kv-check was stopped");
         // Ctrl-D leaves.
         p.send_control('d').unwrap();
         p.exp_eof().unwrap();

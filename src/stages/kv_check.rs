@@ -103,6 +103,7 @@ pub fn run(m: &LoadedModel, prompt: &crate::input::Prompt, steps: usize) -> Resu
     let mut out = Vec::with_capacity(steps);
     let mut counter = None;
     for step in 1..=steps {
+        crate::interrupt::check()?;
         // The cached step: the prompt into the empty cache, then one new token at a time.
         let new = if step == 1 { &seq[..] } else { &seq[seq.len() - 1..] };
         let start = Instant::now();

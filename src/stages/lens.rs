@@ -175,6 +175,7 @@ pub fn run_with(
     let (from, count) = (shown[0], shown.len());
     let track_at_row = track_at - from;
     for (i, hidden) in cap.hidden.iter().enumerate() {
+        crate::interrupt::check()?; // a vocabulary-wide product per layer: Ctrl-C stops here
         let layer = i.checked_sub(1);
         let logits = m.model.final_logits(hidden)?.squeeze(0)?; // (n, v)
         let logits = logits.narrow(0, from, count)?; // (shown, v)

@@ -102,6 +102,7 @@ pub fn run(m: &LoadedModel, req: &ScoreRequest) -> Result<ScoreReport> {
     };
     let mut scores = Vec::new();
     for text in req.texts {
+        crate::interrupt::check()?;
         scores.push(score_one(m, req.prompt, &prompt_tokens, text)?);
     }
     if scores.len() == 1 {

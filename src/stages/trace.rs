@@ -180,6 +180,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
     let embed = TraceEmbed { shape: [cfg.vocab_size, cfg.hidden_size], tokens: norms };
 
     let residual = residual(m, &ids)?;
+    crate::interrupt::check()?; // Ctrl-C (in the repl) stops between the stages
 
     // The final logits first: the lens follows their top-1 through the layers.
     let lreq = logits::LogitsRequest {
@@ -190,6 +191,7 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
         temperature: req.sample.map(|(s, _)| s.temperature),
     };
     let logits = logits::run(m, &lreq)?;
+    crate::interrupt::check()?;
     let top = logits.top.first().context("the logits have no top token")?;
     let tracked = WordLookup {
         word: top.text.clone(),
@@ -205,8 +207,10 @@ pub fn run(m: &LoadedModel, req: &TraceRequest) -> Result<TraceReport> {
         exact: true,
     };
     let lens = lens::run_with(m, &lens_req, Some(tracked))?;
+    crate::interrupt::check()?;
 
     let attention = trace_attention(m, req.prompt, &ids)?;
+    crate::interrupt::check()?;
 
     // The next token: the argmax, or one sampled step.
     let (next, sample) = match &req.sample {
