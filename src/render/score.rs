@@ -113,7 +113,7 @@ pub fn score(out: &mut dyn Write, format: Format, r: &ScoreReport) -> Result<()>
                 for (i, c) in candidates.iter().enumerate() {
                     t.add_row(vec![
                         (i + 1).to_string(),
-                        short(c.text[start.len()..].as_bytes(), 16),
+                        short(&c.text.as_bytes()[start.len()..], 16),
                         c.tokens.len().to_string(),
                         format!("{:.4}", c.total_logprob),
                         format!("{:.4e}", c.total_logprob.exp()),
