@@ -36,10 +36,17 @@ fn logits(backend: Backend, model: &str, text: &str, position: &str) -> Vec<f64>
 }
 
 fn compare_backends(model: &str) {
-    let backends = Backend::all_available();
+    let mut backends = Backend::all_available();
     assert!(backends.len() >= 2, "at least reference and portable run everywhere");
     let neon = backends.contains(&Backend::Neon);
     assert_eq!(neon, cfg!(target_arch = "aarch64"), "the neon backend runs on aarch64 (only)");
+    if neon {
+        // On aarch64 (under qemu in CI, where every process takes minutes) the neon backend
+        // against the reference: the portable kernels are the same Rust code as on x86-64, where
+        // this test compares them natively, and the library's tests compare each NEON kernel
+        // with its portable twin on aarch64.
+        backends.retain(|b| matches!(b, Backend::Reference | Backend::Neon));
+    }
     for (text, position) in [("The capital of Finland is", "-1"), (LONG, "-1"), (LONG, "3")] {
         let reference = logits(Backend::Reference, model, text, position);
         for &backend in &backends[1..] {
