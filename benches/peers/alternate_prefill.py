@@ -11,10 +11,14 @@ median; then criterion's `prefill 128 tokens, next-token logits (exact)` of benc
 
 (the virtualenv of benches/peers/run.sh; LMSCOPE_PEERS_SETUP_ONLY=1 benches/peers/run.sh makes
 it). `--bench PATH` times a prebuilt criterion binary of benches/stages.rs instead of `cargo
-bench` (several: each in turn, to compare builds).
+bench` (several: each in turn, to compare builds). `--inprocess PATH [--backends avx512,avx2]`
+times the bench binary of benches/inprocess.rs instead (`cargo bench --bench inprocess --no-run`
+prints its path), on each backend in turn, on the text of transformers' 128 ids: its
+`prefill_long_exact_s` median of 7 (docs/performance.md, "AMD EPYC").
 """
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -34,6 +38,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--bench", action="append", default=[], help="a criterion binary of stages.rs")
+    ap.add_argument("--inprocess", metavar="PATH",
+                    help="time the bench binary of benches/inprocess.rs on the same 128 tokens instead")
+    ap.add_argument("--backends", default="avx512,avx2",
+                    help="with --inprocess: the LMSCOPE_KERNELS values to time, comma-separated")
     ap.add_argument("--model", default=str(ROOT / "models/SmolLM2-135M-Instruct.Q4_1.gguf"))
     args = ap.parse_args()
 
@@ -60,11 +68,8 @@ def main() -> None:
         return statistics.median(times) * 1000
 
     env = dict(os.environ, RAYON_NUM_THREADS="2")
-    runs = [(Path(b).name, [b, "--bench"]) for b in args.bench] or [
-        ("lmscope", ["cargo", "bench", "--quiet", "--bench", "stages", "--"])
-    ]
 
-    def lmscope_ms(cmd: list[str]) -> float:
+    def criterion_ms(cmd: list[str]) -> float:
         cmd = [*cmd, FILTER, "--warm-up-time", "1", "--measurement-time", "3"]
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
         m = re.search(r"time:\s+\[\S+ \S+ (\S+) (\S+)", out.stdout)
@@ -72,12 +77,31 @@ def main() -> None:
             sys.exit(f"error: no criterion time in: {out.stdout[-500:]}")
         return float(m.group(1)) * {"ms": 1, "s": 1000, "µs": 0.001}[m.group(2)]
 
+    def inprocess_ms(backend: str) -> float:
+        # The text of the same 128 ids (lmscope tokenizes it back to them: checked below).
+        text = tok.decode(bench_peers.long_ids(paragraph))
+        cmd = [args.inprocess, "--bench", "--threads", "2", "--reps", "7", "--decode-reps", "1",
+               "--new-tokens", "4", "--long-text", text, "--forms", "exact"]  # fmt: skip
+        run_env = dict(env, LMSCOPE_KERNELS=backend)
+        out = subprocess.run(cmd, env=run_env, capture_output=True, text=True, check=True)
+        report = json.loads(out.stdout)
+        assert report["long_tokens_exact"] == 128, report["long_tokens_exact"]
+        return report["prefill_long_exact_s"]["median"] * 1000
+
+    if args.inprocess:
+        runs = [(f"lmscope {b}", lambda b=b: inprocess_ms(b)) for b in args.backends.split(",")]
+    else:
+        cmds = [(Path(b).name, [b, "--bench"]) for b in args.bench] or [
+            ("lmscope", ["cargo", "bench", "--quiet", "--bench", "stages", "--"])
+        ]
+        runs = [(name, lambda cmd=cmd: criterion_ms(cmd)) for name, cmd in cmds]
+
     transformers_ms(3)  # warm-up
     for r in range(args.rounds):
         t = transformers_ms(15)
         line = [f"round {r + 1}: transformers bf16 {t:.1f} ms"]
-        for name, cmd in runs:
-            ms = lmscope_ms(cmd)
+        for name, measure in runs:
+            ms = measure()
             line.append(f"{name} {ms:.1f} ms ({ms / t:.3f}x)")
         print(" | ".join(line), flush=True)
 
