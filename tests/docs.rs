@@ -118,6 +118,10 @@ fn tolerant_comparison() {
     assert!(within(page, page, 0.0).is_ok());
     assert!(within(page, cpu, 0.25).is_ok());
     assert!(within(page, cpu, 2e-3).is_err());
+    // An integer where the other side prints a float: a float, within the float side's bound.
+    assert!(within("\"max_abs_diff\": 0", "\"max_abs_diff\": 2.4795532e-05", 2e-3).is_ok());
+    assert!(within("\"max_abs_diff\": 0", "\"max_abs_diff\": 0.01", 2e-3).is_err());
+    assert!(same_but_last_digits("diff 0", "diff 2.4795532e-05").is_err());
     // Integers exact, but for a deep rank off the pages' CPU.
     assert!(within("rank 42981", "rank 42982", 2e-3).is_ok());
     assert!(within("rank 42981", "rank 42982", 0.0).is_err());
@@ -155,8 +159,9 @@ fn tolerant_comparison() {
 }
 
 /// The output without the lines that name the kernels in use or the kernels this CPU has
-/// (`lmscope model`'s kernels row, its JSON `kernels` and `kernels_available` fields).
-fn without_kernel_lines(text: &str) -> String {
+/// (`lmscope model`'s kernels row, its JSON `kernels` and `kernels_available` fields), and with
+/// `dense`, how the matrices are held (the reference backend holds them dense, in f32).
+fn without_kernel_lines(text: &str, dense: bool) -> String {
     let mut out = String::new();
     let mut in_list = false;
     for line in text.lines() {
@@ -172,6 +177,9 @@ fn without_kernel_lines(text: &str) -> String {
         if line.contains("(LMSCOPE_KERNELS)") || t.starts_with("\"kernels\":") {
             continue;
         }
+        if dense && (t.starts_with("\"matrices\":") || t.starts_with("│ matrices ")) {
+            continue;
+        }
         out.push_str(line);
         out.push('\n');
     }
@@ -181,8 +189,12 @@ fn without_kernel_lines(text: &str) -> String {
 #[test]
 fn kernel_lines_are_left_out() {
     let page = "a\n  \"kernels\": \"amx\",\n  \"kernels_available\": [\n    \"amx\"\n  ]\n}\n";
-    assert_eq!(without_kernel_lines(page), "a\n}\n");
-    assert_eq!(without_kernel_lines("│ kernels ┆ portable (LMSCOPE_KERNELS) │\nb\n"), "b\n");
+    assert_eq!(without_kernel_lines(page, false), "a\n}\n");
+    assert_eq!(without_kernel_lines("│ kernels ┆ portable (LMSCOPE_KERNELS) │\nb\n", false), "b\n");
+    let matrices =
+        "│ matrices                ┆ exact: dense f32 │\n  \"matrices\": \"exact\",\nb\n";
+    assert_eq!(without_kernel_lines(matrices, false), matrices);
+    assert_eq!(without_kernel_lines(matrices, true), "b\n");
 }
 
 #[test]
@@ -224,7 +236,8 @@ fn documented_examples_print_what_the_pages_show() {
             ran += 1;
             let tolerance = match cpu_dependence(&e.command) {
                 _ if pages_kernels => None,
-                Cpu::Independent => None,
+                // Exact, but for the tables' widths: the rows left out below may be the widest.
+                Cpu::Independent => Some(0.0),
                 Cpu::F32 => Some(F32_TOLERANCE),
                 Cpu::Bf16 => Some(BF16_TOLERANCE),
             };
@@ -233,7 +246,8 @@ fn documented_examples_print_what_the_pages_show() {
             let (page, got) = if pages_kernels {
                 (e.output.clone(), got.into_owned())
             } else {
-                (without_kernel_lines(&e.output), without_kernel_lines(&got))
+                let dense = kernels == lmscope::kernels::Backend::Reference;
+                (without_kernel_lines(&e.output, dense), without_kernel_lines(&got, dense))
             };
             let verdict = match tolerance {
                 None if got == page => Ok(0.0),
