@@ -95,7 +95,7 @@ fn real_model_trace_key_numbers() {
     let argmax = lmscope_json(&["--model", &gguf(), "argmax", TEXT, "--steps", "2"]);
     assert_eq!(ids(&j["generate"]["steps"]), ids(&argmax["steps"]));
     let s0 = j["generate"]["surprisal_bits"][0].as_f64().unwrap();
-    assert!((s0 + p.log2()).abs() < 1e-9);
+    assert!((s0 + p.log2()).abs() < common::two_paths_tolerance());
 }
 
 /// The JSON block of a trace page, unescaped.

@@ -110,3 +110,15 @@ pub fn lmscope_err(args: &[&str]) -> String {
     assert!(out.stdout.is_empty(), "lmscope {args:?} failed but printed to stdout");
     stderr
 }
+
+/// How far two numbers may differ that come from the same next-token logits computed two ways:
+/// for the last position alone (`sample`, `generate`) and among every position (`logits --full`).
+/// lmscope's kernels give both bit for bit; the reference backend's candle products round one row
+/// and many rows differently (about 1e-5 in a logit).
+pub fn two_paths_tolerance() -> f64 {
+    if lmscope::kernels::backend() == lmscope::kernels::Backend::Reference {
+        1e-4
+    } else {
+        1e-9
+    }
+}
