@@ -106,6 +106,15 @@ pub fn probabilities(logits: &[f32], temperature: f64) -> Vec<f64> {
     softmax_kept(&tempered(logits, temperature), None)
 }
 
+/// `probabilities(logits, 1.0)` at a few ids, without the whole distribution: the same
+/// arithmetic in the same order (so the same numbers, bit for bit), in one pass over the row and
+/// no allocation. What `generate` needs at each step (the chosen token and the runner-up).
+pub fn probabilities_of<const N: usize>(logits: &[f32], ids: [usize; N]) -> [f64; N] {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let sum: f64 = logits.iter().map(|&l| ((l as f64 - max) / 1.0).exp()).sum();
+    ids.map(|i| ((logits[i] as f64 - max) / 1.0).exp() / sum)
+}
+
 /// Token ids from the highest logit to the lowest; equal logits keep the lower id first (the
 /// order of every ranking in lmscope).
 pub fn rank_order(logits: &[f32]) -> Vec<usize> {
@@ -281,6 +290,17 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probabilities_of_a_few_ids_are_the_whole_distributions_numbers() {
+        let logits: Vec<f32> = (0..5000).map(|i| ((i * 7919) % 1000) as f32 / 97.0 - 3.0).collect();
+        let all = probabilities(&logits, 1.0);
+        let ids = [0, 17, 4999, argmax(&logits)];
+        let few = probabilities_of(&logits, ids);
+        for (i, p) in ids.iter().zip(few) {
+            assert_eq!(p.to_bits(), all[*i].to_bits(), "id {i}");
+        }
+    }
 
     #[test]
     fn argmax_takes_the_first_maximum() {

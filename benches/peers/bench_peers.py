@@ -396,25 +396,57 @@ def busy_cpu_s() -> float:
     return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
-def wait_idle(max_wait: float) -> float:
-    """Wait (at most max_wait seconds) until the machine is nearly idle; returns its busy share."""
+def wait_idle(max_wait: float, allowed: float = 0.0) -> float:
+    """Wait (at most max_wait seconds) until the machine is nearly idle (busy by at most `allowed`,
+    a share of the machine, besides 10 %); returns its busy share."""
     deadline = now() + max_wait
     while True:
         b, t = busy_cpu_s(), now()
         time.sleep(5)
         share = (busy_cpu_s() - b) / ((now() - t) * (os.cpu_count() or 1))
-        if share < 0.1 or now() >= deadline:
+        if share < 0.1 + allowed or now() >= deadline:
             return share
         log(f"machine {share:.0%} busy: waiting for it to calm down")
 
 
 def settle(args: argparse.Namespace) -> None:
-    """With --wait-idle, wait before each measured child until other work leaves the machine."""
+    """With --wait-idle, wait before each measured child until other work leaves the machine (in
+    the busy-core pass: until only the busy process is left)."""
     if args.wait_idle > 0:
-        wait_idle(args.wait_idle)
+        wait_idle(args.wait_idle, getattr(args, "busy_share", 0.0))
 
 
-def run_child(cmd: list[str], timeout: float) -> dict:
+# The busy process of --busy-core: one core's worth of arithmetic, at most argv[1] seconds.
+SPIN = """
+import sys, time
+end = time.monotonic() + float(sys.argv[1])
+x = 1
+while time.monotonic() < end:
+    for _ in range(10000):
+        x = (x * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+"""
+
+
+class BusyCore:
+    """Keeps one core busy with another process while the block runs (bounded: it exits by itself
+    after `seconds`, and is killed when the block ends)."""
+
+    def __init__(self, args: argparse.Namespace, seconds: float):
+        self.args, self.seconds = args, seconds
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", SPIN, str(self.seconds)])
+        self.args.busy_share = 1 / (os.cpu_count() or 1)
+        time.sleep(1)  # the scheduler sees it running before the first measurement
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+        self.args.busy_share = 0.0
+
+
+def run_child(cmd: list[str], timeout: float, env: dict | None = None) -> dict:
     """Run one child process; wall time around it, peak RSS from its own rusage (os.wait4).
 
     Also counts the CPU time that other processes took meanwhile ("foreign" CPU: the machine's
@@ -424,7 +456,7 @@ def run_child(cmd: list[str], timeout: float) -> dict:
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         busy = busy_cpu_s()
         t = now()
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, env=env)
         killer = threading.Timer(timeout, proc.kill)
         killer.start()
         try:
@@ -498,23 +530,38 @@ def lmscope_argmax(stdout: str) -> tuple[int | None, str | None]:
     return None, None
 
 
-def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
+def lmscope_name(backend: str | None) -> str:
+    """The name of lmscope's column for one backend: `lmscope` for the CPU's default kernels."""
+    return "lmscope" if backend is None else f"lmscope {backend}"
+
+
+def lmscope_env(backend: str | None) -> dict | None:
+    """The environment of an lmscope child: LMSCOPE_KERNELS=backend, or the default kernels."""
+    return None if backend is None else {**os.environ, "LMSCOPE_KERNELS": backend}
+
+
+def fresh_process(args: argparse.Namespace, tools: list[str], backends: list) -> dict:
     cmds = {
-        "transformers": self_cmd(args, "transformers-argmax"),
-        "llama.cpp": self_cmd(args, "llama.cpp-argmax"),
+        "transformers": (self_cmd(args, "transformers-argmax"), None),
+        "llama.cpp": (self_cmd(args, "llama.cpp-argmax"), None),
     }
+    names = [t for t in tools if t != "lmscope"]
     if "lmscope" in tools:
-        cmds["lmscope"] = lmscope_cmd(args)
-    cmds = {t: cmds[t] for t in tools}
+        for b in backends:
+            cmds[lmscope_name(b)] = (lmscope_cmd(args), lmscope_env(b))
+            names.append(lmscope_name(b))
+    tools = names
+    envs = {t: cmds[t][1] for t in tools}
+    cmds = {t: cmds[t][0] for t in tools}
 
     runs: dict[str, list[dict]] = {t: [] for t in tools}
     for t in tools:  # warm-up: page cache, Python bytecode caches, dynamic loader
         log(f"fresh process warm-up: {t}")
-        check(run_child(cmds[t], args.timeout), f"{t} warm-up")
+        check(run_child(cmds[t], args.timeout, envs[t]), f"{t} warm-up")
     for i in range(args.runs):
         for t in tools:  # alternate: A B C A B C ...
             settle(args)
-            r = check(run_child(cmds[t], args.timeout), f"{t} fresh process")
+            r = check(run_child(cmds[t], args.timeout, envs[t]), f"{t} fresh process")
             log(f"fresh process {i + 1}/{args.runs} {t}: {r['wall_s']:.3f} s, "
                 f"{r['peak_rss_mib']:.0f} MiB, other processes {r['foreign_cpu_s']:.1f} CPU-s")  # fmt: skip
             runs[t].append(r)
@@ -532,7 +579,7 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
             "stdout_first_run": rs[0]["stdout"][-3000:],
         }
         child = [last_json_line(r["stdout"]) for r in rs]
-        if t == "lmscope":
+        if t.startswith("lmscope"):
             entry["argmax_id"], entry["argmax_text"] = lmscope_argmax(rs[0]["stdout"])
         elif all(child):
             entry["argmax_id"] = child[0]["argmax_id"]
@@ -544,8 +591,17 @@ def fresh_process(args: argparse.Namespace, tools: list[str]) -> dict:
     return result
 
 
-def lmscope_in_process(args: argparse.Namespace) -> dict:
-    """lmscope's in-process figures, two ways, for the exact path and for `--quantized`:
+def quantized_is_lmscopes(args: argparse.Namespace, env: dict | None) -> bool:
+    """Whether `--quantized` runs on lmscope's 8-bit kernels with these kernels (`lmscope model`'s
+    matrices line), not on candle's unvectorised quantized product, which takes minutes."""
+    r = subprocess.run([args.lmscope, "--model", args.model, "--quantized", "model"],
+                       capture_output=True, text=True, env=env)  # fmt: skip
+    return r.returncode == 0 and "8-bit activations" in r.stdout and "candle" not in r.stdout
+
+
+def lmscope_in_process(args: argparse.Namespace, backend: str | None = None) -> dict:
+    """lmscope's in-process figures, two ways, for the exact path and for `--quantized` (where the
+    backend has lmscope's 8-bit kernels), with LMSCOPE_KERNELS=backend (None: the default):
 
     * steady state, taken as the peers' are (the model loaded once; per figure one untimed call,
       then timed repetitions): `cargo bench --bench inprocess` (benches/inprocess.rs) runs the
@@ -559,6 +615,8 @@ def lmscope_in_process(args: argparse.Namespace) -> dict:
       Each timed run directly follows an untimed one, so that the file is in the page cache as
       the peers' loaded model is in their memory."""
     exe = args.lmscope
+    env = lmscope_env(backend)
+    forms = ["exact"] + (["quantized"] if quantized_is_lmscopes(args, env) else [])
     tok = subprocess.run([exe, "--model", args.model, "--json", "tokenize", PARAGRAPH],
                          capture_output=True, text=True, check=True)  # fmt: skip
     tokens = json.loads(tok.stdout)["tokens"]
@@ -571,46 +629,56 @@ def lmscope_in_process(args: argparse.Namespace) -> dict:
     if len(long_ids_lm) != LONG_TOKENS:
         sys.exit(f"error: lmscope's {LONG_TOKENS}-token text re-tokenizes to {len(long_ids_lm)}")
 
-    log(f"in process: lmscope steady state (cargo bench --bench inprocess, x{args.reps})")
+    name = lmscope_name(backend)
+    log(f"in process: {name} steady state (cargo bench --bench inprocess, x{args.reps}, "
+        f"{' and '.join(forms)})")  # fmt: skip
     settle(args)
     root = Path(__file__).resolve().parents[2]
     bench = ["cargo", "bench", "--quiet", "--bench", "inprocess", "--",
              "--model", args.model, "--threads", str(args.threads), "--reps", str(args.reps),
              "--decode-reps", str(args.decode_reps), "--new-tokens", str(NEW_TOKENS),
-             "--prompt", args.prompt, "--long-text", long_text]  # fmt: skip
-    r = subprocess.run(bench, cwd=root, capture_output=True, text=True, timeout=args.timeout * 4)
+             "--prompt", args.prompt, "--long-text", long_text, "--forms", ",".join(forms)]  # fmt: skip
+    r = subprocess.run(bench, cwd=root, capture_output=True, text=True, timeout=args.timeout * 4,
+                       env=env)  # fmt: skip
     if r.returncode != 0:
         sys.exit(f"error: {' '.join(bench[:5])} failed: {r.stderr[-2000:]}")
     result: dict = json.loads(r.stdout)
-    for name in ("exact", "quantized"):
-        if result[f"long_tokens_{name}"] != LONG_TOKENS:
-            sys.exit(f"error: the in-process bench read {result[f'long_tokens_{name}']} tokens")
+    for form in forms:
+        if result[f"long_tokens_{form}"] != LONG_TOKENS:
+            sys.exit(f"error: the in-process bench read {result[f'long_tokens_{form}']} tokens")
     result["long_ids"] = long_ids_lm
 
-    def forward_s(extra: list[str], text: str, new_tokens: int) -> float:
+    def forward_s(extra: list[str], text: str, new_tokens: int) -> tuple[float, float | None]:
+        """The `forward` span of one run (seconds), and its decoding steps' rate where lmscope's
+        `--timings` reports one (`forward … ms (decode: N steps, … ms, R tokens/s)`)."""
         cmd = [exe, "--model", args.model, "--threads", str(args.threads), "--timings", *extra,
                "generate", "--max-new-tokens", str(new_tokens), "--ignore-eos", text]  # fmt: skip
         settle(args)
         # An untimed run first, right before: the peers' in-process figures are taken with the
         # model already in memory, and a machine that pages out idle memory (this project's VMs
         # run DAMON with a pageout scheme) would otherwise make each run read the file again.
-        check(run_child(cmd, args.timeout), "lmscope in process (warm-up)")
-        r = check(run_child(cmd, args.timeout), "lmscope in process")
+        check(run_child(cmd, args.timeout, env), "lmscope in process (warm-up)")
+        r = check(run_child(cmd, args.timeout, env), "lmscope in process")
         m = re.search(r"forward ([0-9.]+) ms", r["stderr"])
         if not m:
             sys.exit(f"error: no forward timing in lmscope's stderr: {r['stderr'][-500:]}")
-        return float(m.group(1)) / 1000
+        rate = re.search(r"\(decode: \d+ steps?, [0-9.]+ ms, ([0-9.]+) tokens/s\)", r["stderr"])
+        return float(m.group(1)) / 1000, float(rate.group(1)) if rate else None
 
-    log(f"in process: lmscope first calls (forward x{args.reps}, decode x{args.decode_reps})")
-    for name, extra in (("exact", []), ("quantized", ["--quantized"])):
+    log(f"in process: {name} first calls (forward x{args.reps}, decode x{args.decode_reps})")
+    for form, extra in (("exact", []), ("quantized", ["--quantized"])):
+        if form not in forms:
+            continue
         forward_s(extra, args.prompt, 1)  # warm-up
-        short = [forward_s(extra, args.prompt, 1) for _ in range(args.reps)]
-        prefill = [forward_s(extra, long_text, 1) for _ in range(args.reps)]
+        short = [forward_s(extra, args.prompt, 1)[0] for _ in range(args.reps)]
+        prefill = [forward_s(extra, long_text, 1)[0] for _ in range(args.reps)]
         decode = [forward_s(extra, args.prompt, NEW_TOKENS) for _ in range(args.decode_reps)]
-        result[f"first_forward_short_{name}_s"] = summary(short)
-        result[f"first_prefill_long_{name}_s"] = summary(prefill)
-        steps = [d - median(short) for d in decode]
-        result[f"first_decode_{name}"] = {"tok_s": summary([(NEW_TOKENS - 1) / s for s in steps])}
+        result[f"first_forward_short_{form}_s"] = summary(short)
+        result[f"first_prefill_long_{form}_s"] = summary(prefill)
+        # The rate `--timings` reports for the NEW_TOKENS - 1 decoding steps; from an lmscope
+        # that does not report it, the forward span less the prompt's pass.
+        rates = [r if r is not None else (NEW_TOKENS - 1) / (f - median(short)) for f, r in decode]
+        result[f"first_decode_{form}"] = {"tok_s": summary(rates)}
     return result
 
 
@@ -686,8 +754,10 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
+    """The idle pass's table, with lmscope's first backend (see backend_tables for all)."""
     fresh = results.get("fresh_process", {})
     inproc = results.get("in_process", {})
+    lm = lmscope_name(results["config"]["lmscope_backends"][0])
 
     def fp(tool, key):
         e = fresh.get(tool)
@@ -709,10 +779,10 @@ def markdown(results: dict) -> str:
     rows = [
         # label, unit, transformers, llama.cpp, lmscope
         ("fresh process: argmax of the prompt (wall)", "s",
-         fp("transformers", "wall_s"), fp("llama.cpp", "wall_s"), fp("lmscope", "wall_s")),
+         fp("transformers", "wall_s"), fp("llama.cpp", "wall_s"), fp(lm, "wall_s")),
         ("fresh process: peak RSS", "MiB",
          fp("transformers", "peak_rss_mib"), fp("llama.cpp", "peak_rss_mib"),
-         fp("lmscope", "peak_rss_mib")),
+         fp(lm, "peak_rss_mib")),
         ("  of which: import", "s", stage("transformers", "import"), stage("llama.cpp", "import"),
          None),
         ("  of which: tokenizer load", "s", stage("transformers", "tokenizer_load"), None, None),
@@ -722,7 +792,7 @@ def markdown(results: dict) -> str:
          stage("llama.cpp", "forward"), None),
         (f"in process: forward {n_short} tokens (the prompt; lmscope: exact path)", "ms",
          ip("transformers", "forward_short_s"), ip("llama.cpp", "forward_short_s"),
-         ip("lmscope", "forward_short_exact_s")),
+         ip(lm, "forward_short_exact_s")),
         (f"in process: forward {LONG_TOKENS} tokens, logits at every position (f32)", "ms",
          ip("transformers", "forward_long_s"), None, None),
         (f"in process: forward {LONG_TOKENS} tokens, logits at every position (bf16)", "ms",
@@ -730,25 +800,27 @@ def markdown(results: dict) -> str:
         (f"in process: prefill {LONG_TOKENS} tokens, next-token logits (transformers f32; "
          "llama.cpp Q4_1; lmscope exact)", "ms",
          ip("transformers", "prefill_long_s"), ip("llama.cpp", "forward_long_s"),
-         ip("lmscope", "prefill_long_exact_s")),
+         ip(lm, "prefill_long_exact_s")),
         (f"in process: prefill {LONG_TOKENS} tokens, next-token logits (transformers bf16; "
          "lmscope exact)", "ms",
-         ip("transformers", "prefill_long_bf16_s"), None, ip("lmscope", "prefill_long_exact_s")),
+         ip("transformers", "prefill_long_bf16_s"), None, ip(lm, "prefill_long_exact_s")),
         (f"in process: prefill {LONG_TOKENS} tokens (lmscope --quantized)", "ms",
-         None, ip("llama.cpp", "forward_long_s"), ip("lmscope", "prefill_long_quantized_s")),
+         None, ip("llama.cpp", "forward_long_s"), ip(lm, "prefill_long_quantized_s")),
         ("in process: greedy decode, f32 (llama.cpp: Q4_1 weights; lmscope: exact)", "tok/s",
          ip("transformers", "decode_f32", "tok_s"), ip("llama.cpp", "decode_q4_1", "tok_s"),
-         ip("lmscope", "decode_exact", "tok_s")),
+         ip(lm, "decode_exact", "tok_s")),
         ("in process: greedy decode, bf16 (lmscope: exact)", "tok/s",
-         ip("transformers", "decode_bf16", "tok_s"), None, ip("lmscope", "decode_exact", "tok_s")),
+         ip("transformers", "decode_bf16", "tok_s"), None, ip(lm, "decode_exact", "tok_s")),
         ("in process: greedy decode, quantized (lmscope --quantized)", "tok/s",
-         None, ip("llama.cpp", "decode_q4_1", "tok_s"), ip("lmscope", "decode_quantized", "tok_s")),
+         None, ip("llama.cpp", "decode_q4_1", "tok_s"), ip(lm, "decode_quantized", "tok_s")),
         (f"lmscope, first call of a fresh process: forward {n_short} tokens (exact)", "ms",
-         None, None, ip("lmscope", "first_forward_short_exact_s")),
+         None, None, ip(lm, "first_forward_short_exact_s")),
         (f"lmscope, first call of a fresh process: prefill {LONG_TOKENS} tokens (exact)", "ms",
-         None, None, ip("lmscope", "first_prefill_long_exact_s")),
+         None, None, ip(lm, "first_prefill_long_exact_s")),
+        ("lmscope, fresh `generate` processes: greedy decode (their `--timings`; exact)", "tok/s",
+         None, None, ip(lm, "first_decode_exact", "tok_s")),
         (f"lmscope, first call of a fresh process: prefill {LONG_TOKENS} tokens (--quantized)",
-         "ms", None, None, ip("lmscope", "first_prefill_long_quantized_s")),
+         "ms", None, None, ip(lm, "first_prefill_long_quantized_s")),
     ]  # fmt: skip
 
     lines = [
@@ -790,6 +862,75 @@ def markdown(results: dict) -> str:
     return "\n".join(lines + notes)
 
 
+def backend_tables(results: dict) -> str:
+    """One table per lmscope backend: its figures beside transformers (f32, bf16) and llama.cpp,
+    on an idle machine and (with --busy-core) with one core kept busy by another process."""
+    busy = results.get("busy_core")
+    passes = [("", results)] + ([(", busy core", busy)] if busy else [])
+
+    def get(part: dict, kind: str, tool: str, *keys):
+        e = part.get(kind, {}).get(tool)
+        for k in keys:
+            if e is None or k not in e:
+                return None
+            e = e[k]
+        return e["median"] if e else None
+
+    out = []
+    for backend in results["config"]["lmscope_backends"]:
+        lm = lmscope_name(backend)
+        kernels = results.get("in_process", {}).get(lm, {}).get("matrix_kernels")
+        cols = [("transformers f32", "transformers", "f32"), ("transformers bf16", "transformers", "bf16"),
+                ("llama.cpp", "llama.cpp", "q4_1"), ("lmscope", lm, "exact")]  # fmt: skip
+        header = [c[0] for c in cols]
+        if busy:
+            header += ["llama.cpp, busy core", "lmscope, busy core"]
+        out.append(f"### {lm} (kernels: {kernels or 'default'})\n")
+        out.append("| measurement (median) | " + " | ".join(header) + " |")
+        out.append("|---|" + "---:|" * len(header))
+
+        def cell(part, tool, dtype, what):
+            if what == "fresh":
+                return get(part, "fresh_process", tool, "wall_s") if dtype != "bf16" else None
+            if what == "forward5":
+                key = {"f32": "forward_short_s", "q4_1": "forward_short_s", "bf16": None,
+                       "exact": "forward_short_exact_s"}[dtype]  # fmt: skip
+                return get(part, "in_process", tool, key) if key else None
+            if what == "prefill":
+                key = {"f32": "prefill_long_s", "bf16": "prefill_long_bf16_s",
+                       "q4_1": "forward_long_s", "exact": "prefill_long_exact_s"}[dtype]  # fmt: skip
+                return get(part, "in_process", tool, key)
+            if what == "decode":
+                key = "decode_exact" if dtype == "exact" else f"decode_{dtype}"
+                return get(part, "in_process", tool, key, "tok_s")
+            if what == "cli_decode":
+                return get(part, "in_process", tool, "first_decode_exact", "tok_s") if dtype == "exact" else None
+            if what == "q_prefill":
+                return get(part, "in_process", tool, "prefill_long_quantized_s") if dtype == "exact" else None
+            if what == "q_decode":
+                return get(part, "in_process", tool, "decode_quantized", "tok_s") if dtype == "exact" else None
+            return None
+
+        rows = [
+            ("fresh process: argmax of the prompt (wall)", "s", "fresh"),
+            (f"forward {SHORT_TOKENS} tokens (the prompt)", "ms", "forward5"),
+            (f"prefill {LONG_TOKENS} tokens, next-token logits (lmscope exact; llama.cpp Q4_1)", "ms", "prefill"),
+            (f"greedy decode, {NEW_TOKENS - 1} steps (in process)", "tok/s", "decode"),
+            ("greedy decode, lmscope's `--timings` of fresh `generate` runs", "tok/s", "cli_decode"),
+            (f"lmscope `--quantized`: prefill {LONG_TOKENS} tokens", "ms", "q_prefill"),
+            ("lmscope `--quantized`: greedy decode", "tok/s", "q_decode"),
+        ]  # fmt: skip
+        for label, unit, what in rows:
+            values = [cell(results, tool, dtype, what) for _, tool, dtype in cols]
+            if busy:
+                values += [cell(busy, "llama.cpp", "q4_1", what), cell(busy, lm, "exact", what)]
+            if all(v is None for v in values):
+                continue
+            out.append(f"| {label} | " + " | ".join(fmt(v, unit) for v in values) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
 # --------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------
@@ -818,6 +959,13 @@ def main() -> None:
     p.add_argument("--wait-idle", type=float, default=0, metavar="SECONDS",
                    help="before each measured child, wait up to SECONDS for the machine to be\n"
                    "less than 10%% busy (for shared machines; default: 0, no waiting)")
+    p.add_argument("--kernels", metavar="LIST",
+                   help="lmscope's backends to measure, comma-separated (LMSCOPE_KERNELS: e.g.\n"
+                   "portable,avx2,avx512); one lmscope column and table per backend\n"
+                   "(default: the CPU's default kernels only)")
+    p.add_argument("--busy-core", action="store_true",
+                   help="then measure llama.cpp and lmscope again while another process keeps\n"
+                   "one core busy, and report both passes side by side")
     p.add_argument("--out", default="results.json", help="JSON results file (default: %(default)s)")
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -836,6 +984,7 @@ def main() -> None:
         tools.remove("lmscope")
     if not tools:
         sys.exit("error: no tool left to run")
+    backends = [b.strip() for b in args.kernels.split(",")] if args.kernels else [None]
 
     results: dict = {
         "config": {
@@ -849,6 +998,8 @@ def main() -> None:
             "long_tokens": LONG_TOKENS,
             "paragraph": PARAGRAPH,
             "tools": tools,
+            "lmscope_backends": backends,
+            "busy_core": args.busy_core,
         },
         "machine": machine(),
         "versions": package_versions(),
@@ -861,20 +1012,32 @@ def main() -> None:
         s = subprocess.run(["sha256sum", args.model], capture_output=True, text=True)
         results["config"]["model_sha256"] = s.stdout.split()[0] if s.returncode == 0 else None
 
-    results["fresh_process"] = fresh_process(args, tools)
-    if not args.no_in_process:
-        results["in_process"] = {
-            t: in_process(args, t) for t in ("transformers", "llama.cpp") if t in tools
-        }
-        ip = results["in_process"]
-        if "lmscope" in tools:
-            ip["lmscope"] = lmscope_in_process(args)
-        if "transformers" in ip and "llama.cpp" in ip:
-            results["long_ids_match"] = ip["transformers"]["long_ids"] == ip["llama.cpp"]["long_ids"]
+    def measure(tools: list[str]) -> dict:
+        out = {"fresh_process": fresh_process(args, tools, backends)}
+        if not args.no_in_process:
+            ip = {t: in_process(args, t) for t in ("transformers", "llama.cpp") if t in tools}
+            if "lmscope" in tools:
+                for b in backends:
+                    ip[lmscope_name(b)] = lmscope_in_process(args, b)
+            out["in_process"] = ip
+        return out
+
+    results.update(measure(tools))
+    ip = results.get("in_process", {})
+    if "transformers" in ip and "llama.cpp" in ip:
+        results["long_ids_match"] = ip["transformers"]["long_ids"] == ip["llama.cpp"]["long_ids"]
+    if args.busy_core:
+        # transformers is left out of this pass: its fresh process alone takes 20 s a run.
+        busy_tools = [t for t in tools if t != "transformers"]
+        log(f"busy-core pass: {', '.join(busy_tools)}, one core kept busy by another process")
+        with BusyCore(args, seconds=args.timeout * 20):
+            results["busy_core"] = measure(busy_tools)
 
     results["machine"]["loadavg_end"] = os.getloadavg()
     Path(args.out).write_text(json.dumps(results, indent=2) + "\n")
     print(markdown(results))
+    print()
+    print(backend_tables(results))
     log(f"results written to {args.out}")
 
 

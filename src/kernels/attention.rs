@@ -57,7 +57,8 @@ pub fn attention(
 }
 
 /// The written-out attention on f32 tensors; with `round`, on 16-bit values held as f32, each
-/// step rounded to that dtype (`portable::attention_row_rounded`).
+/// step rounded to that dtype (`avx512::attention_rows_rounded`,
+/// `avx2::attention_rows_rounded`, else `portable::attention_row_rounded`).
 fn attention_f32(
     q: &Tensor,
     k: &Tensor,
@@ -130,6 +131,22 @@ fn attention_f32(
             let queries = &q[at * d..end * d];
             let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
             match backend {
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx512 | Backend::Amx if round.is_some() => {
+                    let rows_rounded = match round {
+                        Some(Half::Bf16) => super::avx512::attention_rows_rounded::<true>,
+                        _ => super::avx512::attention_rows_rounded::<false>,
+                    };
+                    rows_rounded(rows, queries, keys_t, values, masks, scale, p, o)
+                }
+                #[cfg(target_arch = "x86_64")]
+                Backend::Avx2 if round.is_some() => {
+                    let rows_rounded = match round {
+                        Some(Half::Bf16) => super::avx2::attention_rows_rounded::<true>,
+                        _ => super::avx2::attention_rows_rounded::<false>,
+                    };
+                    rows_rounded(rows, queries, keys_t, values, masks, scale, p, o)
+                }
                 _ if round.is_some() => {
                     let row = match round {
                         Some(Half::Bf16) => portable::attention_row_rounded::<true>,

@@ -19,6 +19,7 @@
 
 use super::avx512::Columns;
 use super::blocks::{BlockMatrix, BlockType, BLOCK};
+use super::half_precision::Half;
 use std::arch::x86_64::*;
 
 /// Weight rows per panel of [`panel_rows`].
@@ -279,6 +280,82 @@ unsafe fn dot_rows_k<const K: u8, const M: usize>(
     }
 }
 
+/// The 16-bit mode of [`dot_rows`] (`--dtype bf16|f16`, the twin of
+/// `portable::dot_rows_rounded` and the 8-lane `avx512::dot_rows_rounded`): each block
+/// dequantized bit for bit (`d * q`, plus `m` for Q4_1), its 32 weights rounded to bfloat16
+/// (`bf16`) or float16, then multiplied with every input row (16-bit values, as f32) and summed
+/// in f32. Same layout as [`dot_rows`]; the output is f32, for the caller to round once.
+pub fn dot_rows_rounded(
+    w: &BlockMatrix,
+    x: &[f32],
+    m: usize,
+    first: usize,
+    out: &mut [f32],
+    bf16: bool,
+) {
+    assert!(available(), "the avx2 kernels need a CPU with AVX2, FMA and F16C");
+    macro_rules! run {
+        ($k:expr, $($m:literal)*) => {
+            match (m, bf16) {
+                // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+                $(($m, true) => unsafe { dot_rows_rounded_k::<$k, $m, BFLOAT16>(w, x, first, out) },
+                ($m, false) => unsafe { dot_rows_rounded_k::<$k, $m, FLOAT16>(w, x, first, out) },)*
+                _ => panic!("dot_rows_rounded takes 1 to 8 input rows, not {m}"),
+            }
+        };
+    }
+    match kind_id(w.kind) {
+        Q4_0 => run!(Q4_0, 1 2 3 4 5 6 7 8),
+        Q4_1 => run!(Q4_1, 1 2 3 4 5 6 7 8),
+        _ => run!(Q8_0, 1 2 3 4 5 6 7 8),
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_rows_rounded_k<const K: u8, const M: usize, const H: u8>(
+    w: &BlockMatrix,
+    x: &[f32],
+    first: usize,
+    out: &mut [f32],
+) {
+    let k = w.cols;
+    let blocks = k / BLOCK;
+    let bb = w.kind.block_bytes();
+    let rb = blocks * bb;
+    let data = w.bytes.as_slice();
+    let rows = out.len() / M;
+    // Every pointer below stays inside these bounds.
+    assert!(x.len() >= M * k && (first + rows) * rb <= data.len());
+    let xp = x.as_ptr();
+    let mut scales = RowScales::new(blocks);
+    for (local, outs) in out.chunks_exact_mut(M).enumerate() {
+        let row = data.as_ptr().add((first + local) * rb);
+        super::blocks::prefetch(data, (first + local + super::blocks::PREFETCH_ROWS) * rb, rb);
+        scales.read::<K>(row, blocks, bb);
+        let mut acc = [_mm256_setzero_ps(); M];
+        for b in 0..blocks {
+            // d * q (+ m), a multiply then an add as in dequantize_row, then rounded
+            let q = integers::<K>(row.add(b * bb));
+            let d = _mm256_set1_ps(scales.d[b]);
+            let mut wv = q.map(|q| _mm256_mul_ps(q, d));
+            if K == Q4_1 {
+                let m = _mm256_set1_ps(scales.m[b]);
+                wv = wv.map(|v| _mm256_add_ps(v, m));
+            }
+            let wv = wv.map(|v| round_as::<H>(v));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xb = xp.add(i * k + b * BLOCK);
+                for (c, wc) in wv.iter().enumerate() {
+                    *a = _mm256_fmadd_ps(*wc, _mm256_loadu_ps(xb.add(8 * c)), *a);
+                }
+            }
+        }
+        for (o, a) in outs.iter_mut().zip(&acc) {
+            *o = sum8(*a);
+        }
+    }
+}
+
 /// 8 floats on a 32-byte boundary: one register, loaded without splitting a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
@@ -319,21 +396,36 @@ impl Packed {
 
 /// `out[i][j] = W[j] . x[i]` for the columns j of the window and every input row i < m
 /// (`packed` holds x); every value of the window is written. The twin of dequantizing W and
-/// multiplying (`products::dequantized_products`).
-pub fn panel_rows(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
+/// multiplying (`products::dequantized_products`). With `round` (`--dtype bf16|f16`), each
+/// dequantized weight is rounded to that dtype first (the output stays f32, for the caller to
+/// round once), as `avx512::panel_rows` does.
+pub fn panel_rows(w: &BlockMatrix, packed: &Packed, out: &mut Columns, round: Option<Half>) {
     assert!(available(), "the avx2 kernels need a CPU with AVX2, FMA and F16C");
+    macro_rules! run {
+        ($k:expr) => {
+            match round {
+                None => panel_rows_k::<$k, F32>(w, packed, out),
+                Some(Half::Bf16) => panel_rows_k::<$k, BFLOAT16>(w, packed, out),
+                Some(Half::F16) => panel_rows_k::<$k, FLOAT16>(w, packed, out),
+            }
+        };
+    }
     // SAFETY: the CPU has the features the kernel is compiled for (checked above).
     unsafe {
         match kind_id(w.kind) {
-            Q4_0 => panel_rows_k::<Q4_0>(w, packed, out),
-            Q4_1 => panel_rows_k::<Q4_1>(w, packed, out),
-            _ => panel_rows_k::<Q8_0>(w, packed, out),
+            Q4_0 => run!(Q4_0),
+            Q4_1 => run!(Q4_1),
+            _ => run!(Q8_0),
         }
     }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut Columns) {
+unsafe fn panel_rows_k<const K: u8, const H: u8>(
+    w: &BlockMatrix,
+    packed: &Packed,
+    out: &mut Columns,
+) {
     let k = w.cols;
     let (m, n) = (out.rows(), out.matrix_columns());
     let (first, len) = out.window();
@@ -352,6 +444,13 @@ unsafe fn panel_rows_k<const K: u8>(w: &BlockMatrix, packed: &Packed, out: &mut 
         for (r, row) in panel.chunks_exact_mut(k).enumerate() {
             if r < nr {
                 dequantize_row::<K>(w, j0 + r, &mut scales, row);
+                if H != F32 {
+                    // k is a whole number of 32-value blocks.
+                    for chunk in row.chunks_exact_mut(8) {
+                        let v = round_as::<H>(_mm256_loadu_ps(chunk.as_ptr()));
+                        _mm256_storeu_ps(chunk.as_mut_ptr(), v);
+                    }
+                }
             } else {
                 row.fill(0.0);
             }
@@ -542,11 +641,73 @@ pub fn attention_rows(
     // SAFETY: the CPU has AVX2 and FMA (checked above) and the lengths match (asserted above).
     unsafe {
         match rows {
-            1 => attention_rows_k::<1>(args, s, d, probs, out),
-            2 => attention_rows_k::<2>(args, s, d, probs, out),
-            3 => attention_rows_k::<3>(args, s, d, probs, out),
-            _ => attention_rows_k::<4>(args, s, d, probs, out),
+            1 => attention_rows_k::<1, F32>(args, s, d, probs, out),
+            2 => attention_rows_k::<2, F32>(args, s, d, probs, out),
+            3 => attention_rows_k::<3, F32>(args, s, d, probs, out),
+            _ => attention_rows_k::<4, F32>(args, s, d, probs, out),
         }
+    }
+}
+
+/// The 16-bit mode of [`attention_rows`] (`--dtype bf16` with `BF16`, else f16; the twin of
+/// `portable::attention_row_rounded` and of `avx512::attention_rows_rounded`): the inputs are
+/// 16-bit values held as f32, and each step is rounded where transformers' eager attention
+/// rounds in that dtype: the summed scores, their scaling, the mask added, the softmax's
+/// probabilities and the weighted sum of the values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows_rounded<const BF16: bool>(
+    rows: usize,
+    queries: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    masks: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(available() && (1..=ATTENTION_ROWS).contains(&rows));
+    let (s, d) = (probs.len() / rows, out.len() / rows);
+    assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
+    assert!(keys_t.len() == d * s && values.len() == s * d);
+    assert!(masks.is_none_or(|m| m.len() == rows * s));
+    let args = (queries, keys_t, values, masks, scale);
+    // SAFETY: as in `attention_rows`.
+    unsafe {
+        match (rows, BF16) {
+            (1, true) => attention_rows_k::<1, BFLOAT16>(args, s, d, probs, out),
+            (2, true) => attention_rows_k::<2, BFLOAT16>(args, s, d, probs, out),
+            (3, true) => attention_rows_k::<3, BFLOAT16>(args, s, d, probs, out),
+            (_, true) => attention_rows_k::<4, BFLOAT16>(args, s, d, probs, out),
+            (1, false) => attention_rows_k::<1, FLOAT16>(args, s, d, probs, out),
+            (2, false) => attention_rows_k::<2, FLOAT16>(args, s, d, probs, out),
+            (3, false) => attention_rows_k::<3, FLOAT16>(args, s, d, probs, out),
+            (_, false) => attention_rows_k::<4, FLOAT16>(args, s, d, probs, out),
+        }
+    }
+}
+
+/// What [`attention_rows_k`] rounds its steps to: nothing (f32), bfloat16 or float16.
+const F32: u8 = 0;
+const BFLOAT16: u8 = 1;
+const FLOAT16: u8 = 2;
+
+/// 8 values rounded as `H` says (see [`F32`]): to bfloat16 (to nearest, ties to even, NaN kept)
+/// or float16, as f32; `half_precision::round_as` for a register.
+#[inline(always)]
+unsafe fn round_as<const H: u8>(v: __m256) -> __m256 {
+    match H {
+        F32 => v,
+        BFLOAT16 => {
+            let x = _mm256_castps_si256(v);
+            let lsb = _mm256_and_si256(_mm256_srli_epi32::<16>(x), _mm256_set1_epi32(1));
+            let rounded = _mm256_add_epi32(x, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF)));
+            let quiet = _mm256_or_si256(x, _mm256_set1_epi32(0x0040_0000));
+            let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+            let rounded = _mm256_blendv_epi8(rounded, quiet, nan);
+            let high = _mm256_set1_epi32(0xFFFF_0000u32 as i32);
+            _mm256_castsi256_ps(_mm256_and_si256(rounded, high))
+        }
+        _ => _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v)),
     }
 }
 
@@ -646,7 +807,7 @@ unsafe fn outputs<const R: usize, const FULL: bool>(
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn attention_rows_k<const R: usize>(
+unsafe fn attention_rows_k<const R: usize, const H: u8>(
     (queries, keys_t, values, masks, scale): AttentionArgs,
     s: usize,
     d: usize,
@@ -691,10 +852,11 @@ unsafe fn attention_rows_k<const R: usize>(
                 if step.live[c] == 0 {
                     continue;
                 }
-                let mut score = _mm256_mul_ps(a, _mm256_set1_ps(scale));
+                let a = round_as::<H>(a);
+                let mut score = round_as::<H>(_mm256_mul_ps(a, _mm256_set1_ps(scale)));
                 if let Some(m) = masks {
                     let m = _mm256_maskload_ps(m.as_ptr().add(r * s + j0 + 8 * c), step.masks[c]);
-                    score = _mm256_add_ps(score, m);
+                    score = round_as::<H>(_mm256_add_ps(score, m));
                 }
                 step.store(c, probs.as_mut_ptr().add(r * s + j0), score);
             }
@@ -702,6 +864,14 @@ unsafe fn attention_rows_k<const R: usize>(
     }
     for r in 0..R {
         softmax_k(&mut probs[r * s..(r + 1) * s]);
+        if H != F32 {
+            let row = probs.as_mut_ptr().add(r * s);
+            for at in (0..s).step_by(8) {
+                let mask = first_lanes(s - at);
+                let p = _mm256_maskload_ps(row.add(at), mask);
+                _mm256_maskstore_ps(row.add(at), mask, round_as::<H>(p));
+            }
+        }
     }
     // Outputs, 16 values at a time, over the keys some query sees.
     for e0 in (0..d).step_by(STEP) {
@@ -713,7 +883,7 @@ unsafe fn attention_rows_k<const R: usize>(
         };
         for (r, acc) in acc.iter().enumerate() {
             for (c, &a) in acc.iter().enumerate() {
-                step.store(c, out.as_mut_ptr().add(r * d + e0), a);
+                step.store(c, out.as_mut_ptr().add(r * d + e0), round_as::<H>(a));
             }
         }
     }
@@ -866,7 +1036,7 @@ mod tests {
                     // NaN everywhere first: a value the kernel does not write stays NaN.
                     let mut out = vec![MaybeUninit::new(f32::NAN); m * rows];
                     for mut window in column_windows(&mut out, m, rows, 12) {
-                        panel_rows(&w, &packed, &mut window);
+                        panel_rows(&w, &packed, &mut window, None);
                     }
                     for (i, (a, b)) in out.iter().zip(&twin).enumerate() {
                         // SAFETY: initialised above (NaN, then the kernel's values).

@@ -667,11 +667,62 @@ pub fn attention_rows(
     // SAFETY: the CPU has AVX-512 (checked above) and the lengths match (asserted above).
     unsafe {
         match rows {
-            1 => attention_rows_k::<1>(args, s, d, probs, out),
-            2 => attention_rows_k::<2>(args, s, d, probs, out),
-            3 => attention_rows_k::<3>(args, s, d, probs, out),
-            _ => attention_rows_k::<4>(args, s, d, probs, out),
+            1 => attention_rows_k::<1, F32>(args, s, d, probs, out),
+            2 => attention_rows_k::<2, F32>(args, s, d, probs, out),
+            3 => attention_rows_k::<3, F32>(args, s, d, probs, out),
+            _ => attention_rows_k::<4, F32>(args, s, d, probs, out),
         }
+    }
+}
+
+/// The 16-bit mode of [`attention_rows`] (`--dtype bf16` with `BF16`, else f16; the twin of
+/// `portable::attention_row_rounded`): the inputs are 16-bit values held as f32, and each step is
+/// rounded where transformers' eager attention rounds in that dtype: the summed scores, their
+/// scaling, the mask added, the softmax's probabilities and the weighted sum of the values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows_rounded<const BF16: bool>(
+    rows: usize,
+    queries: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    masks: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    assert!(available() && (1..=ATTENTION_ROWS).contains(&rows));
+    let (s, d) = (probs.len() / rows, out.len() / rows);
+    assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
+    assert!(keys_t.len() == d * s && values.len() == s * d);
+    assert!(masks.is_none_or(|m| m.len() == rows * s));
+    let args = (queries, keys_t, values, masks, scale);
+    // SAFETY: as in `attention_rows`.
+    unsafe {
+        match (rows, BF16) {
+            (1, true) => attention_rows_k::<1, BFLOAT16>(args, s, d, probs, out),
+            (2, true) => attention_rows_k::<2, BFLOAT16>(args, s, d, probs, out),
+            (3, true) => attention_rows_k::<3, BFLOAT16>(args, s, d, probs, out),
+            (_, true) => attention_rows_k::<4, BFLOAT16>(args, s, d, probs, out),
+            (1, false) => attention_rows_k::<1, FLOAT16>(args, s, d, probs, out),
+            (2, false) => attention_rows_k::<2, FLOAT16>(args, s, d, probs, out),
+            (3, false) => attention_rows_k::<3, FLOAT16>(args, s, d, probs, out),
+            (_, false) => attention_rows_k::<4, FLOAT16>(args, s, d, probs, out),
+        }
+    }
+}
+
+/// What [`attention_rows_k`] rounds its steps to: nothing (f32), bfloat16 or float16.
+const F32: u8 = 0;
+const BFLOAT16: u8 = 1;
+const FLOAT16: u8 = 2;
+
+/// `v` rounded as `H` says (see [`F32`]).
+#[inline(always)]
+unsafe fn round_as<const H: u8>(v: __m512) -> __m512 {
+    match H {
+        F32 => v,
+        BFLOAT16 => round16::<true>(v),
+        _ => round16::<false>(v),
     }
 }
 
@@ -691,7 +742,7 @@ type AttentionArgs<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>, f3
 // Index loops with constant bounds over several arrays in step: fully unrolled, registers.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx512f,avx512bw,fma,f16c")]
-unsafe fn attention_rows_k<const R: usize>(
+unsafe fn attention_rows_k<const R: usize, const H: u8>(
     (queries, keys_t, values, masks, scale): AttentionArgs,
     s: usize,
     d: usize,
@@ -751,10 +802,11 @@ unsafe fn attention_rows_k<const R: usize>(
                 if live[v] == 0 {
                     continue;
                 }
-                let mut score = _mm512_mul_ps(acc[r][v], _mm512_set1_ps(scale));
+                let scores = round_as::<H>(acc[r][v]);
+                let mut score = round_as::<H>(_mm512_mul_ps(scores, _mm512_set1_ps(scale)));
                 if let Some(m) = masks {
                     let m = _mm512_maskz_loadu_ps(live[v], m.as_ptr().add(r * s + at));
-                    score = _mm512_add_ps(score, m);
+                    score = round_as::<H>(_mm512_add_ps(score, m));
                 }
                 _mm512_mask_storeu_ps(probs.as_mut_ptr().add(r * s + at), live[v], score);
             }
@@ -762,6 +814,13 @@ unsafe fn attention_rows_k<const R: usize>(
     }
     for r in 0..R {
         softmax_k(&mut probs[r * s..(r + 1) * s]);
+        if H != F32 {
+            for at in (r * s..(r + 1) * s).step_by(16) {
+                let lanes = lanes((r + 1) * s, at);
+                let p = _mm512_maskz_loadu_ps(lanes, probs.as_ptr().add(at));
+                _mm512_mask_storeu_ps(probs.as_mut_ptr().add(at), lanes, round_as::<H>(p));
+            }
+        }
     }
     // Outputs, 64 values at a time, over the keys some query sees.
     for e0 in (0..d).step_by(64) {
@@ -789,7 +848,7 @@ unsafe fn attention_rows_k<const R: usize>(
                 _mm512_mask_storeu_ps(
                     out.as_mut_ptr().add(r * d + e0 + 16 * c),
                     live[c],
-                    acc[r][c],
+                    round_as::<H>(acc[r][c]),
                 );
             }
         }

@@ -108,7 +108,14 @@ fn rounded_dot_products(
             super::avx512::dot_rows_rounded(w, x, m, first, out, bf16)
         });
     }
-    let _ = backend; // the portable kernel for every other backend (avx2 to follow)
+    #[cfg(target_arch = "x86_64")]
+    if backend == Backend::Avx2 {
+        let bf16 = half.is_bf16();
+        return by_rows(ws, m, |w, first, out| {
+            super::avx2::dot_rows_rounded(w, x, m, first, out, bf16)
+        });
+    }
+    let _ = backend; // the portable kernel for every other backend
     match half {
         Half::Bf16 => {
             by_rows(ws, m, |w, first, out| portable::dot_rows_rounded::<true>(w, x, m, first, out))
@@ -164,7 +171,7 @@ fn products(
 /// x @ W_i.T for many input rows, a panel of weight rows at a time: on AMX (`amx.rs`) with the
 /// `amx` backend, else dequantized panels on AVX-512 (`avx512.rs`) or AVX2 (`avx2.rs`); NEON's
 /// below. (m, rows_i) each, row-major. With `round`, the weights are rounded to that dtype (on
-/// AVX-512 panels only: the AMX and AVX2 kernels have no 16-bit mode yet, see [`half_panels`]).
+/// the AVX-512 and AVX2 panels: the AMX kernel has no 16-bit mode yet, see [`half_panels`]).
 #[cfg(target_arch = "x86_64")]
 fn panel_products(
     backend: Backend,
@@ -187,17 +194,16 @@ fn panel_products(
         // SAFETY: avx512::panel_rows writes every value of its window (its tests check them all).
         return unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window, round)) };
     }
-    assert!(round.is_none(), "the avx2 panels have no 16-bit mode");
     use super::avx2::{panel_rows, Packed, NR};
     let packed = Packed::new(x, m, k);
     // SAFETY: avx2::panel_rows writes every value of its window (its tests check them all).
-    unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window)) }
+    unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window, round)) }
 }
 
-/// Whether the 16-bit products of many rows run on lmscope's panels (AVX-512 and up), else on
-/// candle's GEMM with the weights rounded.
+/// Whether the 16-bit products of many rows run on lmscope's panels (AVX2 and up; the AMX
+/// backend on the AVX-512 ones), else on candle's GEMM with the weights rounded.
 fn half_panels(backend: Backend) -> bool {
-    own_kernels_for_many_rows(backend) && backend >= Backend::Avx512
+    own_kernels_for_many_rows(backend) && backend >= Backend::Avx2
 }
 
 /// Runs `kernel(w, window)` over windows of columns of every product (from large to small, each

@@ -4,7 +4,7 @@
 use crate::input::Prompt;
 use crate::load::LoadedModel;
 use crate::model::KvCache;
-use crate::sampling::{argmax, probabilities, Pipeline, Rng, Strategy};
+use crate::sampling::{argmax, probabilities_of, Pipeline, Rng, Strategy};
 use crate::tokenizer::Tokenizer;
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -90,7 +90,12 @@ pub fn run(
     for _ in 0..req.max_new_tokens {
         // Ctrl-C in the repl stops between tokens.
         crate::interrupt::check()?;
+        let started = std::time::Instant::now();
         let logits: Vec<f32> = m.model.next_logits(&input, &mut cache)?.to_vec1()?;
+        if !steps.is_empty() {
+            // One new token against the cache: a decoding step (`--timings` gives their rate).
+            crate::timings::decode_step(started.elapsed());
+        }
         let step = choose(m, &logits, &req.strategy, rng.as_mut())?;
         on_step(&step)?;
         let id = step.id;
@@ -194,7 +199,6 @@ fn choose(
     strategy: &Strategy,
     rng: Option<&mut Rng>,
 ) -> Result<Step> {
-    let probs = probabilities(logits, 1.0);
     let (id, sample_prob) = match (strategy, rng) {
         (Strategy::Sample { temperature, top_k, top_p, .. }, Some(rng)) => {
             // The same pipeline and draw as `lmscope sample`, so a seed gives the same tokens.
@@ -214,6 +218,7 @@ fn choose(
         .filter(|&i| i != id)
         .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
         .unwrap_or(id);
+    let [prob, runner_up_prob] = probabilities_of(logits, [id, runner_up]);
     let token = m.tokenizer.describe(id as u32)?;
     let runner = m.tokenizer.describe(runner_up as u32)?;
     Ok(Step {
@@ -222,11 +227,11 @@ fn choose(
         text: token.text,
         bytes: token.bytes,
         logit: logits[id],
-        prob: probs[id],
+        prob,
         runner_up_id: runner_up as u32,
         runner_up_token: runner.token,
         runner_up_text: runner.text,
-        runner_up_prob: probs[runner_up],
+        runner_up_prob,
         sample_prob,
     })
 }
