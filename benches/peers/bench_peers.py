@@ -754,10 +754,10 @@ def ratio(a: float | None, b: float | None) -> str:
 
 
 def markdown(results: dict) -> str:
-    """The idle pass's table, with lmscope's first backend (see backend_tables for all)."""
+    """The idle pass's table, with the last backend of --kernels (see backend_tables for all)."""
     fresh = results.get("fresh_process", {})
     inproc = results.get("in_process", {})
-    lm = lmscope_name(results["config"]["lmscope_backends"][0])
+    lm = lmscope_name(results["config"]["lmscope_backends"][-1])
 
     def fp(tool, key):
         e = fresh.get(tool)
@@ -961,8 +961,9 @@ def main() -> None:
                    "less than 10%% busy (for shared machines; default: 0, no waiting)")
     p.add_argument("--kernels", metavar="LIST",
                    help="lmscope's backends to measure, comma-separated (LMSCOPE_KERNELS: e.g.\n"
-                   "portable,avx2,avx512); one lmscope column and table per backend\n"
-                   "(default: the CPU's default kernels only)")
+                   "portable,avx2,avx512); one table per backend, and the main table with the\n"
+                   "last one listed"
+                   " (default: the CPU's default kernels only)")
     p.add_argument("--busy-core", action="store_true",
                    help="then measure llama.cpp and lmscope again while another process keeps\n"
                    "one core busy, and report both passes side by side")
