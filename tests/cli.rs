@@ -184,6 +184,36 @@ fn timings_go_to_stderr() {
     assert!(!String::from_utf8_lossy(&out.stdout).contains("timings"));
 }
 
+/// `generate --timings` reports its decoding steps (every new token after the first is one
+/// step over the cache) inside the `forward` span, and a one-token generate reports none.
+#[test]
+fn generate_timings_report_the_decoding_steps_and_their_rate() {
+    let timings = |new: &str| {
+        let args = ["--model", &tiny(), "--timings", "generate", "--ignore-eos"];
+        let out = lmscope().args(args).args(["--max-new-tokens", new, "hi"]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        stderr.lines().find(|l| l.starts_with("timings:")).expect("a timings line").to_string()
+    };
+    let line = timings("21");
+    let decode = line.split("(decode: ").nth(1).unwrap_or_else(|| panic!("no decode in {line}"));
+    let (figure, _) = decode.split_once(')').unwrap();
+    // "20 steps, 1.2 ms, 16666.7 tokens/s"
+    let parts: Vec<&str> = figure.split(", ").collect();
+    assert_eq!(parts.len(), 3, "{figure}");
+    assert_eq!(parts[0], "20 steps", "{line}");
+    let ms: f64 = parts[1].strip_suffix(" ms").unwrap().parse().unwrap();
+    let rate: f64 = parts[2].strip_suffix(" tokens/s").unwrap().parse().unwrap();
+    assert!(ms >= 0.0 && rate.is_finite() && rate > 0.0, "{figure}");
+    // The rate is the steps over their time (printed to 0.1 ms).
+    assert!((20_000.0 / rate - ms).abs() <= 0.051, "{figure}");
+    let forward: f64 =
+        line.split(" forward ").nth(1).unwrap().split(" ms").next().unwrap().parse().unwrap();
+    assert!(ms <= forward, "the steps lie inside the forward span: {line}");
+    assert!(line.find(" forward ").unwrap() < line.find("(decode:").unwrap(), "{line}");
+    assert!(!timings("1").contains("decode:"), "one new token is no decoding step");
+}
+
 #[test]
 fn model_comes_from_the_environment_variable() {
     let out =

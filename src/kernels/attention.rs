@@ -58,7 +58,8 @@ pub fn attention(
 
 /// The written-out attention on f32 tensors; with `round`, on 16-bit values held as f32, each
 /// step rounded to that dtype (`avx512::attention_rows_rounded`,
-/// `avx2::attention_rows_rounded`, else `portable::attention_row_rounded`).
+/// `avx2::attention_rows_rounded`, `neon::attention_rows_rounded`, else
+/// `portable::attention_row_rounded`).
 fn attention_f32(
     q: &Tensor,
     k: &Tensor,
@@ -144,6 +145,14 @@ fn attention_f32(
                     let rows_rounded = match round {
                         Some(Half::Bf16) => super::avx2::attention_rows_rounded::<true>,
                         _ => super::avx2::attention_rows_rounded::<false>,
+                    };
+                    rows_rounded(rows, queries, keys_t, values, masks, scale, p, o)
+                }
+                #[cfg(target_arch = "aarch64")]
+                Backend::Neon if round.is_some() => {
+                    let rows_rounded = match round {
+                        Some(Half::Bf16) => super::neon::attention_rows_rounded::<true>,
+                        _ => super::neon::attention_rows_rounded::<false>,
                     };
                     rows_rounded(rows, queries, keys_t, values, masks, scale, p, o)
                 }

@@ -1139,6 +1139,16 @@ mod tests {
     }
 
     #[test]
+    fn rounded_attention_rows_round_to_their_dtype_and_equal_their_portable_twin() {
+        if here() {
+            portable::check_rounded_attention_rows(
+                attention_rows_rounded::<true>,
+                attention_rows_rounded::<false>,
+            );
+        }
+    }
+
+    #[test]
     fn attention_rows_equal_their_portable_twin() {
         if !here() {
             return;

@@ -915,6 +915,18 @@ mod tests {
     use candle_core::Device;
 
     #[test]
+    fn rounded_attention_rows_round_to_their_dtype_and_equal_their_portable_twin() {
+        if !available() {
+            eprintln!("no AVX-512 on this CPU: its 16-bit attention is not tested here");
+            return;
+        }
+        super::super::portable::check_rounded_attention_rows(
+            attention_rows_rounded::<true>,
+            attention_rows_rounded::<false>,
+        );
+    }
+
+    #[test]
     fn dequantized_rows_are_bit_identical_to_the_scalar_code() {
         if !available() {
             eprintln!("no AVX-512 on this CPU: the kernels of simd.rs are not used here");

@@ -15,11 +15,16 @@
 //! * [`rms_norm_row`] (bit-identical to its twin), [`silu_mul`] and [`softmax`] with a
 //!   vectorised exp, and [`attention_rows`]: up to 4 queries of a head sharing each load of keys
 //!   and values.
+//! * `--dtype bf16|f16`: [`dot_rows_rounded`] (bit-identical to `portable::dot_rows_rounded`),
+//!   [`panel_rows`] with a rounding (each dequantized weight rounded to the dtype) and
+//!   [`attention_rows_rounded`], rounding where transformers' eager attention rounds
+//!   ([`round_as`]: bfloat16 with integer operations, float16 with `fcvtn`/`fcvtl`).
 //!
 //! Speed on real ARM hardware is not measured by this project (its CI runs these kernels under
 //! qemu, an emulator); docs/performance.md says how to measure it.
 
 use super::blocks::{prefetch, BlockMatrix, BlockType, BLOCK, PREFETCH_ROWS};
+use super::half_precision::{self, Half};
 #[cfg(test)]
 use super::portable;
 use super::portable::QUERY_BLOCK;
@@ -46,6 +51,63 @@ fn kind_id(kind: BlockType) -> u8 {
         BlockType::Q4_0 => Q4_0,
         BlockType::Q4_1 => Q4_1,
         BlockType::Q8_0 => Q8_0,
+    }
+}
+
+/// What a kernel rounds its values to: nothing (f32), bfloat16 or float16.
+const F32: u8 = 0;
+const BFLOAT16: u8 = 1;
+const FLOAT16: u8 = 2;
+
+/// The const parameter of a kernel's 16-bit mode for `round`.
+fn round_id(round: Option<Half>) -> u8 {
+    match round {
+        None => F32,
+        Some(Half::Bf16) => BFLOAT16,
+        Some(Half::F16) => FLOAT16,
+    }
+}
+
+/// 4 values rounded as `H` says (see [`F32`]), as f32: to bfloat16 (to nearest, ties to even,
+/// NaN kept and made quiet), the integer operations of `half_precision::round_bf16`; or to
+/// float16 and back (`fcvtn`, `fcvtl`: to nearest, ties to even, subnormals kept, from 65520 on
+/// infinity), the value of `half_precision::round_f16`.
+#[inline(always)]
+unsafe fn round_as<const H: u8>(v: float32x4_t) -> float32x4_t {
+    match H {
+        F32 => v,
+        BFLOAT16 => {
+            let x = vreinterpretq_u32_f32(v);
+            let lsb = vandq_u32(vshrq_n_u32::<16>(x), vdupq_n_u32(1));
+            let rounded = vaddq_u32(x, vaddq_u32(lsb, vdupq_n_u32(0x7FFF)));
+            let quiet = vorrq_u32(x, vdupq_n_u32(0x0040_0000));
+            let number = vceqq_f32(v, v); // all ones but in a NaN's lanes
+            let rounded = vbslq_u32(number, rounded, quiet);
+            vreinterpretq_f32_u32(vandq_u32(rounded, vdupq_n_u32(0xFFFF_0000)))
+        }
+        _ => {
+            let out: float32x4_t;
+            // SAFETY: register-to-register conversions of the base ARMv8 FP/SIMD instructions.
+            asm!(
+                "fcvtn {h:v}.4h, {v:v}.4s",
+                "fcvtl {o:v}.4s, {h:v}.4h",
+                v = in(vreg) v,
+                h = out(vreg) _,
+                o = lateout(vreg) out,
+                options(pure, nomem, nostack, preserves_flags),
+            );
+            out
+        }
+    }
+}
+
+/// One value rounded as `H` says (the tails of the kernels).
+#[inline(always)]
+fn round_one<const H: u8>(v: f32) -> f32 {
+    match H {
+        F32 => v,
+        BFLOAT16 => half_precision::round_bf16(v),
+        _ => half_precision::round_f16(v),
     }
 }
 
@@ -174,6 +236,79 @@ unsafe fn dot_rows_k<const K: u8, const M: usize>(
     }
 }
 
+/// The 16-bit mode of [`dot_rows`] (`--dtype bf16|f16`): each block dequantized bit for bit
+/// (`d * q`, plus `m` for Q4_1, a multiply and an add), its 32 weights rounded to bfloat16
+/// (`bf16`) or float16, then multiplied with every input row (16-bit values, as f32) and summed
+/// in f32 in 8 lanes, each product and sum rounded on its own: bit-identical to
+/// `portable::dot_rows_rounded`. Same layout as [`dot_rows`]; the output is f32, for the caller
+/// to round once.
+pub fn dot_rows_rounded(
+    w: &BlockMatrix,
+    x: &[f32],
+    m: usize,
+    first: usize,
+    out: &mut [f32],
+    bf16: bool,
+) {
+    assert!(available(), "the neon kernels need an aarch64 CPU with NEON");
+    macro_rules! run {
+        ($k:expr, $($m:literal)*) => {
+            match (m, bf16) {
+                // SAFETY: the CPU has NEON (checked above); the kernel checks its bounds.
+                $(($m, true) => unsafe { dot_rows_rounded_k::<$k, $m, BFLOAT16>(w, x, first, out) },
+                ($m, false) => unsafe { dot_rows_rounded_k::<$k, $m, FLOAT16>(w, x, first, out) },)*
+                _ => panic!("dot_rows_rounded takes 1 to 8 input rows, not {m}"),
+            }
+        };
+    }
+    match kind_id(w.kind) {
+        Q4_0 => run!(Q4_0, 1 2 3 4 5 6 7 8),
+        Q4_1 => run!(Q4_1, 1 2 3 4 5 6 7 8),
+        _ => run!(Q8_0, 1 2 3 4 5 6 7 8),
+    }
+}
+
+#[target_feature(enable = "neon")]
+unsafe fn dot_rows_rounded_k<const K: u8, const M: usize, const H: u8>(
+    w: &BlockMatrix,
+    x: &[f32],
+    first: usize,
+    out: &mut [f32],
+) {
+    let k = w.cols;
+    let blocks = k / BLOCK;
+    let bb = w.kind.block_bytes();
+    let rb = blocks * bb;
+    let data = w.bytes.as_slice();
+    let rows = out.len() / M;
+    // Every pointer below stays inside these bounds.
+    assert!(x.len() >= M * k && (first + rows) * rb <= data.len());
+    let xp = x.as_ptr();
+    for (local, outs) in out.chunks_exact_mut(M).enumerate() {
+        let row = data.as_ptr().add((first + local) * rb);
+        prefetch(data, (first + local + PREFETCH_ROWS) * rb, rb);
+        // 8 lanes per input row (lo: lanes 0..4, hi: 4..8), as the portable kernel's 8 lanes.
+        let mut acc = [[vdupq_n_f32(0.0); 2]; M];
+        for b in 0..blocks {
+            let (d, offset, q) = block::<K>(row.add(b * bb));
+            let wq = q.map(|q| {
+                let v = vmulq_n_f32(q, d);
+                round_as::<H>(if K == Q4_1 { vaddq_f32(v, vdupq_n_f32(offset)) } else { v })
+            });
+            for (i, a) in acc.iter_mut().enumerate() {
+                let xb = xp.add(i * k + b * BLOCK);
+                for g in 0..4 {
+                    a[0] = vaddq_f32(a[0], vmulq_f32(wq[2 * g], vld1q_f32(xb.add(8 * g))));
+                    a[1] = vaddq_f32(a[1], vmulq_f32(wq[2 * g + 1], vld1q_f32(xb.add(8 * g + 4))));
+                }
+            }
+        }
+        for (o, a) in outs.iter_mut().zip(&acc) {
+            *o = sum8(a[0], a[1]);
+        }
+    }
+}
+
 /// The inputs transposed for [`panel_rows`], in groups of [`MR`] rows: value
 /// `(g * k + kk) * MR + i` is `x[g * MR + i][kk]` (zeros past row m).
 pub struct Packed {
@@ -209,28 +344,40 @@ impl Packed {
 /// `packed`, handed to `store(i, j, run)` as runs of neighbouring columns: `run[c]` is the value
 /// of column `j + c` of input row i. Every (i, j) of the window is stored once. Each value is
 /// the sum over k in order of fused multiply-adds of the dequantized weights (bit for bit) and
-/// the inputs: bit-identical to `portable::panel_rows`.
+/// the inputs: bit-identical to `portable::panel_rows`. With `round` (`--dtype bf16|f16`), each
+/// dequantized weight is rounded to that dtype first (the values stay f32, for the caller to
+/// round once), as the x86 panels do.
 pub fn panel_rows(
     w: &BlockMatrix,
     packed: &Packed,
     first: usize,
     len: usize,
+    round: Option<Half>,
     store: impl FnMut(usize, usize, &[f32]),
 ) {
     assert!(available(), "the neon kernels need an aarch64 CPU with NEON");
     assert!(packed.k == w.cols && first + len <= w.rows);
+    macro_rules! run {
+        ($k:expr) => {
+            match round_id(round) {
+                F32 => panel_rows_k::<$k, F32>(w, packed, first, len, store),
+                BFLOAT16 => panel_rows_k::<$k, BFLOAT16>(w, packed, first, len, store),
+                _ => panel_rows_k::<$k, FLOAT16>(w, packed, first, len, store),
+            }
+        };
+    }
     // SAFETY: the CPU has NEON (checked above); the kernel checks its bounds.
     unsafe {
         match kind_id(w.kind) {
-            Q4_0 => panel_rows_k::<Q4_0>(w, packed, first, len, store),
-            Q4_1 => panel_rows_k::<Q4_1>(w, packed, first, len, store),
-            _ => panel_rows_k::<Q8_0>(w, packed, first, len, store),
+            Q4_0 => run!(Q4_0),
+            Q4_1 => run!(Q4_1),
+            _ => run!(Q8_0),
         }
     }
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn panel_rows_k<const K: u8>(
+unsafe fn panel_rows_k<const K: u8, const H: u8>(
     w: &BlockMatrix,
     packed: &Packed,
     first: usize,
@@ -259,12 +406,13 @@ unsafe fn panel_rows_k<const K: u8>(
             }
             let row = data.as_ptr().add((j0 + r) * rb);
             for b in 0..blocks {
-                // d * q, then + m: a multiply and an add, never fused, as `BlockType::dequantize`.
+                // d * q, then + m: a multiply and an add, never fused, as `BlockType::dequantize`;
+                // then rounded to the dtype in the 16-bit mode.
                 let (d, offset, q) = block::<K>(row.add(b * bb));
                 for (c, q) in q.iter().enumerate() {
                     let v = vmulq_n_f32(*q, d);
                     let v = if K == Q4_1 { vaddq_f32(v, vdupq_n_f32(offset)) } else { v };
-                    vst1q_f32(column.as_mut_ptr().add(4 * c), v);
+                    vst1q_f32(column.as_mut_ptr().add(4 * c), round_as::<H>(v));
                 }
                 for (e, &v) in column.iter().enumerate() {
                     panel[(b * BLOCK + e) * NR + r] = v;
@@ -482,21 +630,69 @@ pub fn attention_rows(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
+    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    let args = (queries, keys_t, values, masks, scale);
+    // SAFETY: the CPU has NEON and the lengths match (both asserted by attention_sizes).
+    unsafe {
+        match rows {
+            1 => attention_rows_k::<1, F32>(args, s, d, probs, out),
+            2 => attention_rows_k::<2, F32>(args, s, d, probs, out),
+            3 => attention_rows_k::<3, F32>(args, s, d, probs, out),
+            _ => attention_rows_k::<4, F32>(args, s, d, probs, out),
+        }
+    }
+}
+
+/// The 16-bit mode of [`attention_rows`] (`--dtype bf16` with `BF16`, else f16; the twin of
+/// `portable::attention_row_rounded`): the inputs are 16-bit values held as f32, and each step
+/// is rounded where transformers' eager attention rounds in that dtype: the summed scores,
+/// their scaling, the mask added, the softmax's probabilities and the weighted sum of the
+/// values.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_rows_rounded<const BF16: bool>(
+    rows: usize,
+    queries: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    masks: Option<&[f32]>,
+    scale: f32,
+    probs: &mut [f32],
+    out: &mut [f32],
+) {
+    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    let args = (queries, keys_t, values, masks, scale);
+    // SAFETY: as in `attention_rows`.
+    unsafe {
+        match (rows, BF16) {
+            (1, true) => attention_rows_k::<1, BFLOAT16>(args, s, d, probs, out),
+            (2, true) => attention_rows_k::<2, BFLOAT16>(args, s, d, probs, out),
+            (3, true) => attention_rows_k::<3, BFLOAT16>(args, s, d, probs, out),
+            (_, true) => attention_rows_k::<4, BFLOAT16>(args, s, d, probs, out),
+            (1, false) => attention_rows_k::<1, FLOAT16>(args, s, d, probs, out),
+            (2, false) => attention_rows_k::<2, FLOAT16>(args, s, d, probs, out),
+            (3, false) => attention_rows_k::<3, FLOAT16>(args, s, d, probs, out),
+            (_, false) => attention_rows_k::<4, FLOAT16>(args, s, d, probs, out),
+        }
+    }
+}
+
+/// The keys' and the head's sizes (s, d) of an [`attention_rows`] call, once its slices are
+/// checked against each other (and the CPU against the kernels).
+fn attention_sizes(
+    rows: usize,
+    queries: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    masks: Option<&[f32]>,
+    probs: &[f32],
+    out: &[f32],
+) -> (usize, usize) {
     assert!(available() && (1..=QUERY_BLOCK).contains(&rows));
     let (s, d) = (probs.len() / rows, out.len() / rows);
     assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
     assert!(keys_t.len() == d * s && values.len() == s * d);
     assert!(masks.is_none_or(|m| m.len() == rows * s));
-    let args = (queries, keys_t, values, masks, scale);
-    // SAFETY: the CPU has NEON (checked above) and the lengths match (asserted above).
-    unsafe {
-        match rows {
-            1 => attention_rows_k::<1>(args, s, d, probs, out),
-            2 => attention_rows_k::<2>(args, s, d, probs, out),
-            3 => attention_rows_k::<3>(args, s, d, probs, out),
-            _ => attention_rows_k::<4>(args, s, d, probs, out),
-        }
-    }
+    (s, d)
 }
 
 type AttentionArgs<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>, f32);
@@ -504,7 +700,7 @@ type AttentionArgs<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>, f3
 // Index loops with constant bounds over several arrays in step: fully unrolled, registers.
 #[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "neon")]
-unsafe fn attention_rows_k<const R: usize>(
+unsafe fn attention_rows_k<const R: usize, const H: u8>(
     (queries, keys_t, values, masks, scale): AttentionArgs,
     s: usize,
     d: usize,
@@ -544,9 +740,9 @@ unsafe fn attention_rows_k<const R: usize>(
         for r in 0..R {
             for v in 0..4 {
                 let at = r * s + j0 + 4 * v;
-                let mut score = vmulq_n_f32(acc[r][v], scale);
+                let mut score = round_as::<H>(vmulq_n_f32(round_as::<H>(acc[r][v]), scale));
                 if let Some(m) = masks {
-                    score = vaddq_f32(score, vld1q_f32(m.as_ptr().add(at)));
+                    score = round_as::<H>(vaddq_f32(score, vld1q_f32(m.as_ptr().add(at))));
                 }
                 vst1q_f32(probs.as_mut_ptr().add(at), score);
             }
@@ -558,14 +754,24 @@ unsafe fn attention_rows_k<const R: usize>(
             for e in 0..d {
                 score = queries[r * d + e].mul_add(keys_t[e * s + j], score);
             }
+            let score = round_one::<H>(round_one::<H>(score) * scale);
             probs[r * s + j] = match masks {
-                Some(m) => score * scale + m[r * s + j],
-                None => score * scale,
+                Some(m) => round_one::<H>(score + m[r * s + j]),
+                None => score,
             };
         }
     }
     for r in 0..R {
-        softmax_k(&mut probs[r * s..(r + 1) * s]);
+        let row = &mut probs[r * s..(r + 1) * s];
+        softmax_k(row);
+        if H != F32 {
+            let whole = s / 4 * 4;
+            for at in (0..whole).step_by(4) {
+                let p = row.as_mut_ptr().add(at);
+                vst1q_f32(p, round_as::<H>(vld1q_f32(p)));
+            }
+            row[whole..].iter_mut().for_each(|p| *p = round_one::<H>(*p));
+        }
     }
     // Outputs, 16 values at a time (4 registers), over the keys some query sees; the last
     // values of a head one at a time.
@@ -592,7 +798,7 @@ unsafe fn attention_rows_k<const R: usize>(
         }
         for r in 0..R {
             for c in 0..4 {
-                vst1q_f32(out.as_mut_ptr().add(r * d + e0 + 4 * c), acc[r][c]);
+                vst1q_f32(out.as_mut_ptr().add(r * d + e0 + 4 * c), round_as::<H>(acc[r][c]));
             }
         }
     }
@@ -605,7 +811,7 @@ unsafe fn attention_rows_k<const R: usize>(
                     o = p.mul_add(values[j * d + e], o);
                 }
             }
-            out[r * d + e] = o;
+            out[r * d + e] = round_one::<H>(o);
         }
     }
 }
@@ -659,7 +865,7 @@ mod tests {
                 for (first, len) in [(0, rows), (3, 17), (40, 5), (8, 8)] {
                     let mut ours = vec![f32::NAN; m * len];
                     let mut stored = vec![0u32; m * len];
-                    panel_rows(&w, &packed, first, len, |i, j, run| {
+                    panel_rows(&w, &packed, first, len, None, |i, j, run| {
                         for (c, &v) in run.iter().enumerate() {
                             ours[i * len + j - first + c] = v;
                             stored[i * len + j - first + c] += 1;
@@ -674,6 +880,127 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn rounding_equals_the_scalar_rounding() {
+        // Ties both ways, subnormals of both formats, the edges of f16's range, infinities.
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            1.0 + 2f32.powi(-8),
+            1.0 + 3.0 * 2f32.powi(-8),
+            1.0 + 2f32.powi(-11),
+            1.0 + 3.0 * 2f32.powi(-11),
+            -2.5e-6,
+            6.0e-8,
+            3.0e-8,
+            1e-40,
+            65504.0,
+            65519.0,
+            65520.0,
+            -1e6,
+            3.4e38,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+        ];
+        values.extend((0..4000).map(|i| ((i * 7919) % 4001) as f32 * 0.37 - 740.0));
+        values.extend((0..400).map(|i| f32::from_bits(0x3380_0000 + i * 0x0001_2345)));
+        while values.len() % 4 != 0 {
+            values.push(1.0);
+        }
+        let four = |f: unsafe fn(float32x4_t) -> float32x4_t, v: &[f32]| {
+            let mut y = [0f32; 4];
+            // SAFETY: every aarch64 CPU has NEON.
+            unsafe { vst1q_f32(y.as_mut_ptr(), f(vld1q_f32(v.as_ptr()))) };
+            y
+        };
+        for v in values.chunks_exact(4) {
+            let (bf, f) = (four(round_as::<BFLOAT16>, v), four(round_as::<FLOAT16>, v));
+            for c in 0..4 {
+                let (b, h) = (half_precision::round_bf16(v[c]), half_precision::round_f16(v[c]));
+                assert_eq!(bf[c].to_bits(), b.to_bits(), "bf16 of {:e}: {} vs {b}", v[c], bf[c]);
+                assert_eq!(f[c].to_bits(), h.to_bits(), "f16 of {:e}: {} vs {h}", v[c], f[c]);
+                assert_eq!(round_one::<BFLOAT16>(v[c]), b);
+            }
+            assert_eq!(four(round_as::<F32>, v), v);
+        }
+        let nan = [f32::NAN, -f32::NAN, f32::from_bits(0x7F80_0001), 1.0];
+        for f in [round_as::<BFLOAT16>, round_as::<FLOAT16>] {
+            let y = four(f, &nan);
+            assert!(y[..3].iter().all(|v| v.is_nan()) && y[3] == 1.0, "{y:?}");
+        }
+    }
+
+    #[test]
+    fn rounded_dot_rows_are_bit_identical_to_their_portable_twin() {
+        for kind in KINDS {
+            let (_, w) = quantized(kind, 37, 608);
+            for m in 1..=8 {
+                let x: Vec<f32> =
+                    inputs(m, 608, m).iter().map(|&v| half_precision::round_bf16(v)).collect();
+                for bf16 in [true, false] {
+                    let (mut ours, mut twin) = (vec![0f32; 37 * m], vec![0f32; 37 * m]);
+                    dot_rows_rounded(&w, &x, m, 0, &mut ours, bf16);
+                    if bf16 {
+                        portable::dot_rows_rounded::<true>(&w, &x, m, 0, &mut twin);
+                    } else {
+                        portable::dot_rows_rounded::<false>(&w, &x, m, 0, &mut twin);
+                    }
+                    for (a, b) in ours.iter().zip(&twin) {
+                        assert_eq!(a.to_bits(), b.to_bits(), "{kind:?} m={m} bf16={bf16}");
+                    }
+                    let mut part = vec![0f32; 5 * m];
+                    dot_rows_rounded(&w, &x, m, 30, &mut part, bf16);
+                    assert_eq!(part, ours[30 * m..35 * m], "{kind:?} m={m}, rows 30..35");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounded_panel_rows_round_each_weight_and_sum_in_order() {
+        for kind in KINDS {
+            let (rows, k) = (21, 64);
+            let (_, w) = quantized(kind, rows, k);
+            for (half, round) in [(Half::Bf16, true), (Half::F16, false)] {
+                let r = |v: f32| {
+                    if round {
+                        half_precision::round_bf16(v)
+                    } else {
+                        half_precision::round_f16(v)
+                    }
+                };
+                for m in [9, 13] {
+                    let x: Vec<f32> = inputs(m, k, m).iter().map(|&v| r(v)).collect();
+                    let packed = Packed::new(&x, m, k);
+                    let (first, len) = (2, 17);
+                    let mut ours = vec![f32::NAN; m * len];
+                    panel_rows(&w, &packed, first, len, Some(half), |i, j, run| {
+                        ours[i * len + j - first..][..run.len()].copy_from_slice(run);
+                    });
+                    let mut row = vec![0f32; k];
+                    for c in 0..len {
+                        w.dequantize_row(first + c, &mut row);
+                        row.iter_mut().for_each(|v| *v = r(*v));
+                        for (i, xi) in x.chunks_exact(k).enumerate() {
+                            let want = row.iter().zip(xi).fold(0f32, |s, (&a, &b)| a.mul_add(b, s));
+                            let got = ours[i * len + c];
+                            assert_eq!(got.to_bits(), want.to_bits(), "{kind:?} {half:?} m={m}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rounded_attention_rows_round_to_their_dtype_and_equal_their_portable_twin() {
+        portable::check_rounded_attention_rows(
+            attention_rows_rounded::<true>,
+            attention_rows_rounded::<false>,
+        );
     }
 
     #[test]

@@ -243,3 +243,62 @@ pub fn softmax(row: &mut [f32]) {
     }
     row.iter_mut().for_each(|v| *v /= sum);
 }
+
+/// A SIMD kernel's attention rows: (rows, queries, keys_t, values, masks, scale, probs, out).
+#[cfg(test)]
+pub type AttentionRows =
+    fn(usize, &[f32], &[f32], &[f32], Option<&[f32]>, f32, &mut [f32], &mut [f32]);
+
+/// Checks a SIMD kernel's 16-bit attention rows (`bf16` and `f16`, each rounding to its dtype)
+/// against [`attention_row_rounded`]: every probability and output on the dtype's grid (a
+/// rounding missed or to the other dtype shows there), and each within a few of the grid's steps
+/// of the twin's (the two add in different orders, and a sum that lands on the other side of a
+/// rounding boundary moves by a step, which the softmax and the weighted sum carry on).
+#[cfg(test)]
+pub fn check_rounded_attention_rows(bf16: AttentionRows, f16: AttentionRows) {
+    use super::half_precision::{round_bf16, round_f16};
+    let scale = 0.125;
+    for (is_bf16, kernel) in [(true, bf16), (false, f16)] {
+        let round = if is_bf16 { round_bf16 } else { round_f16 };
+        let eps = if is_bf16 { 2f32.powi(-7) } else { 2f32.powi(-10) };
+        let values = |n: usize, seed: usize| -> Vec<f32> {
+            (0..n).map(|i| round((((i + seed) * 7919) % 113) as f32 / 40.0 - 1.4)).collect()
+        };
+        for (s, d) in [(1, 64), (7, 16), (16, 64), (37, 20), (70, 64)] {
+            for rows in 1..=QUERY_BLOCK {
+                let (queries, keys_t, values_) =
+                    (values(rows * d, s), values(d * s, 7), values(s * d, 11));
+                let causal: Vec<f32> = (0..rows * s)
+                    .map(|i| if i % s > i / s + 2 { f32::NEG_INFINITY } else { 0.0 })
+                    .collect();
+                for masks in [None, Some(causal.as_slice())] {
+                    let what =
+                        format!("bf16={is_bf16} s={s} d={d} rows={rows} mask={}", masks.is_some());
+                    let (mut probs, mut out) = (vec![0f32; rows * s], vec![0f32; rows * d]);
+                    kernel(rows, &queries, &keys_t, &values_, masks, scale, &mut probs, &mut out);
+                    for v in probs.iter().chain(&out) {
+                        assert_eq!(round(*v).to_bits(), v.to_bits(), "{what}: {v} is off the grid");
+                    }
+                    for r in 0..rows {
+                        let (mut p, mut o) = (vec![0f32; s], vec![0f32; d]);
+                        let mask = masks.map(|m| &m[r * s..(r + 1) * s]);
+                        let query = &queries[r * d..(r + 1) * d];
+                        let twin = if is_bf16 {
+                            attention_row_rounded::<true>
+                        } else {
+                            attention_row_rounded::<false>
+                        };
+                        twin(query, &keys_t, &values_, mask, scale, &mut p, &mut o);
+                        let size = o.iter().fold(1e-3f32, |m, v| m.max(v.abs()));
+                        for (a, b) in probs[r * s..(r + 1) * s].iter().zip(&p) {
+                            assert!((a - b).abs() <= 6.0 * eps, "{what}: probs {a} vs {b}");
+                        }
+                        for (a, b) in out[r * d..(r + 1) * d].iter().zip(&o) {
+                            assert!((a - b).abs() <= 8.0 * eps * size, "{what}: out {a} vs {b}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -115,6 +115,13 @@ fn rounded_dot_products(
             super::avx2::dot_rows_rounded(w, x, m, first, out, bf16)
         });
     }
+    #[cfg(target_arch = "aarch64")]
+    if backend == Backend::Neon {
+        let bf16 = half.is_bf16();
+        return by_rows(ws, m, |w, first, out| {
+            super::neon::dot_rows_rounded(w, x, m, first, out, bf16)
+        });
+    }
     let _ = backend; // the portable kernel for every other backend
     match half {
         Half::Bf16 => {
@@ -200,10 +207,10 @@ fn panel_products(
     unsafe { by_windows(ws, m, NR, |w, window| panel_rows(w, &packed, window, round)) }
 }
 
-/// Whether the 16-bit products of many rows run on lmscope's panels (AVX2 and up; the AMX
-/// backend on the AVX-512 ones), else on candle's GEMM with the weights rounded.
+/// Whether the 16-bit products of many rows run on lmscope's panels (NEON, AVX2 and up; the
+/// AMX backend on the AVX-512 ones), else on candle's GEMM with the weights rounded.
 fn half_panels(backend: Backend) -> bool {
-    own_kernels_for_many_rows(backend) && backend >= Backend::Avx2
+    own_kernels_for_many_rows(backend) && (backend >= Backend::Avx2 || backend == Backend::Neon)
 }
 
 /// Runs `kernel(w, window)` over windows of columns of every product (from large to small, each
@@ -250,7 +257,8 @@ unsafe fn by_windows(
 
 /// x @ W_i.T for many input rows on NEON (`neon.rs`): windows of weight rows, each a multiple
 /// of the panel's `NR` rows but a matrix's last, from large to small as in `by_windows`, all in
-/// one parallel loop. (m, rows_i) each, row-major.
+/// one parallel loop. (m, rows_i) each, row-major. With `round`, the weights are rounded to
+/// that dtype.
 #[cfg(target_arch = "aarch64")]
 fn panel_products(
     _: Backend,
@@ -259,7 +267,6 @@ fn panel_products(
     m: usize,
     round: Option<Half>,
 ) -> Vec<Vec<f32>> {
-    assert!(round.is_none(), "the neon panels have no 16-bit mode");
     use super::neon::{panel_rows, Packed, NR};
     let packed = Packed::new(x, m, x.len() / m); // once for all the matrices
     let threads = team::threads();
@@ -279,7 +286,7 @@ fn panel_products(
     team::for_each(windows.len(), |t| {
         let (index, first, len) = windows[t];
         let n = ws[index].rows;
-        panel_rows(ws[index], &packed, first, len, |i, j, run| {
+        panel_rows(ws[index], &packed, first, len, round, |i, j, run| {
             assert!(i < m && j >= first && j + run.len() <= first + len, "outside the window");
             // SAFETY: the run lies in this task's window of columns (asserted), and the windows
             // of one matrix do not overlap.
