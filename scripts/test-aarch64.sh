@@ -14,8 +14,9 @@
 # NEON kernel against its portable twin, the ops against their formulas on every backend), the
 # transformers references (tests/reference*.rs: top-10 and 1e-3 logits on the real GGUF, the
 # tiny fixture at every position; not the --quantized path, see below), the neon backend against
-# the reference backend (tests/backends.rs: within 1e-4 on the tiny fixture and the real GGUF), and
-# the command-line tests (cli, friction, hub). Left out: the benches (speed under an emulator means
+# the reference backend (tests/backends.rs: within 1e-4 on the tiny fixture and the real GGUF),
+# `--dtype bf16|f16` against transformers in those dtypes on the real GGUF (tests/bf16.rs: the
+# NEON 16-bit kernels; 207 s under qemu), and the command-line tests (cli, friction, hub). Left out: the benches (speed under an emulator means
 # nothing), the browser test (tests/trace.rs needs a browser for aarch64), and tests/docs.rs,
 # tests/help.rs, tests/properties.rs and tests/robustness.rs, which run the same code paths as
 # the ones kept many times over (every documented example, hundreds of generated inputs); they
@@ -70,6 +71,7 @@ tests=(
   --test reference_tiny
   --test reference_smollm2
   --test reference_inspect
+  --test bf16
   --test backends
   --test architecture
   --test cli
