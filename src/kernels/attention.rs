@@ -43,7 +43,10 @@ pub fn attention(
         // 16-bit values as f32 (exact), each step rounded as eager attention rounds it in the
         // dtype, the output and probabilities back in the dtype.
         Some(half) if same(half.dtype()) => {
-            let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+            let f32 = |t: &Tensor| match super::half_precision::heads_f32(t) {
+                Some(t) => Ok(t),
+                None => t.to_dtype(DType::F32),
+            };
             let mask = mask.map(f32).transpose()?;
             let (out, probs) =
                 attention_f32(&f32(q)?, &f32(k)?, &f32(v)?, mask.as_ref(), keep_probs, Some(half))?;

@@ -160,6 +160,33 @@ unsafe fn integers<const K: u8>(block: *const u8) -> [__m256; 4] {
     ]
 }
 
+/// A 4-bit block's 32 nibbles as they are (0..=15), as 32-bit integers in four registers
+/// (values 0..8, 8..16, 16..24, 24..32, as [`integers`]): indexes into the block's 16 weights
+/// (see [`nibble_values`]).
+#[inline(always)]
+unsafe fn nibbles<const K: u8>(block: *const u8) -> [__m256i; 4] {
+    let qs = block.add(if K == Q4_1 { 4 } else { 2 });
+    let a = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs as *const __m128i));
+    let b = _mm256_cvtepu8_epi32(_mm_loadl_epi64(qs.add(8) as *const __m128i));
+    let nibble = _mm256_set1_epi32(0x0F);
+    [
+        _mm256_and_si256(a, nibble),
+        _mm256_and_si256(b, nibble),
+        _mm256_srli_epi32::<4>(a),
+        _mm256_srli_epi32::<4>(b),
+    ]
+}
+
+/// The integer each nibble value stands for, as floats, 0..8 and 8..16: itself for Q4_1, itself
+/// minus 8 for Q4_0 (what [`integers`] gives for that nibble).
+#[inline(always)]
+unsafe fn nibble_values<const K: u8>() -> [__m256; 2] {
+    let off = _mm256_set1_epi32(if K == Q4_0 { 8 } else { 0 });
+    let low = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let high = _mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15);
+    [low, high].map(|v| _mm256_cvtepi32_ps(_mm256_sub_epi32(v, off)))
+}
+
 /// Dequantizes row `row` of `w` into `out` (cols values) exactly as the scalar code does: a
 /// multiply, then an add (never fused), so the values are bit-identical.
 ///
@@ -334,20 +361,41 @@ unsafe fn dot_rows_rounded_k<const K: u8, const M: usize, const H: u8>(
         scales.read::<K>(row, blocks, bb);
         let mut acc = [_mm256_setzero_ps(); M];
         for b in 0..blocks {
-            // d * q (+ m), a multiply then an add as in dequantize_row, then rounded
-            let q = integers::<K>(row.add(b * bb));
             let d = _mm256_set1_ps(scales.d[b]);
-            let mut wv = q.map(|q| _mm256_mul_ps(q, d));
-            if K == Q4_1 {
-                let m = _mm256_set1_ps(scales.m[b]);
-                wv = wv.map(|v| _mm256_add_ps(v, m));
-            }
-            let wv = wv.map(|v| round_as::<H>(v));
+            let wv = if K == Q8_0 {
+                // d * q, rounded
+                let q = integers::<K>(row.add(b * bb));
+                q.map(|q| round_as::<H>(_mm256_mul_ps(q, d)))
+            } else {
+                // A 4-bit block's weights take 16 values: d * q (+ m) for q = 0..16 (minus 8 for
+                // Q4_0), a multiply then an add as in dequantize_row, rounded in two registers,
+                // and each weight looked up by its nibble (the low 3 bits pick in both halves of
+                // the table, bit 3 the half): the same bits as rounding each of the 32 weights.
+                let mut table = nibble_values::<K>().map(|v| _mm256_mul_ps(v, d));
+                if K == Q4_1 {
+                    let m = _mm256_set1_ps(scales.m[b]);
+                    table = table.map(|v| _mm256_add_ps(v, m));
+                }
+                let [low, high] = table.map(|v| round_as::<H>(v));
+                nibbles::<K>(row.add(b * bb)).map(|i| {
+                    let upper = _mm256_castsi256_ps(_mm256_slli_epi32::<28>(i));
+                    _mm256_blendv_ps(
+                        _mm256_permutevar8x32_ps(low, i),
+                        _mm256_permutevar8x32_ps(high, i),
+                        upper,
+                    )
+                })
+            };
+            // The block's products summed apart from the running sum, which then takes one
+            // add per block: four fused multiply-adds in a row on the running sum made each
+            // block wait for the last block's.
             for (i, a) in acc.iter_mut().enumerate() {
                 let xb = xp.add(i * k + b * BLOCK);
-                for (c, wc) in wv.iter().enumerate() {
-                    *a = _mm256_fmadd_ps(*wc, _mm256_loadu_ps(xb.add(8 * c)), *a);
-                }
+                let p = _mm256_mul_ps(wv[0], _mm256_loadu_ps(xb));
+                let p = _mm256_fmadd_ps(wv[1], _mm256_loadu_ps(xb.add(8)), p);
+                let p = _mm256_fmadd_ps(wv[2], _mm256_loadu_ps(xb.add(16)), p);
+                let p = _mm256_fmadd_ps(wv[3], _mm256_loadu_ps(xb.add(24)), p);
+                *a = _mm256_add_ps(*a, p);
             }
         }
         for (o, a) in outs.iter_mut().zip(&acc) {
