@@ -518,7 +518,7 @@ unsafe fn panel_rows_k<const K: u8, const H: u8>(
             #[allow(clippy::needless_range_loop)] // i indexes the second dimension of columns
             for i in 0..rows {
                 let run: [f32; NR] = std::array::from_fn(|r| columns[r][i]);
-                out.set_run(g * MR + i, p0, &run[..nr]);
+                out.set_run_of(g * MR + i, p0, &run, nr);
             }
         }
     }
