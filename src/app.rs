@@ -15,7 +15,7 @@ use crate::stages::{
     space, tokenize, trace,
 };
 use crate::tokenizer::Tokenizer;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::io::Write;
 
 /// What stays loaded between commands: every model a command needed, keyed by the options that
@@ -320,8 +320,21 @@ pub fn run(cli: &Cli, session: &mut Session, out: &mut dyn Write) -> Result<()> 
         Command::Score(args) => {
             let texts =
                 crate::input::candidates(&args.texts, &args.file, &args.ids, session.stdin)?;
+            // --chat: the prompt as the user's message, the texts as the assistant's answer.
+            let prompt = match (&args.prompt, args.chat.chat) {
+                (Some(question), true) => {
+                    let tokenizer = session.tokenizer(g)?;
+                    let system = args.chat.system.as_deref();
+                    Some(crate::chat::prompt(tokenizer, &g.model_name()?, system, question)?)
+                }
+                (None, true) => bail!(
+                    "score --chat wraps the --prompt in the model's chat template: give the question \
+                     as --prompt and the answers to score as the texts"
+                ),
+                (prompt, false) => prompt.clone(),
+            };
             let m = session.model(g)?;
-            let req = score::ScoreRequest { texts: &texts, prompt: args.prompt.as_deref() };
+            let req = score::ScoreRequest { texts: &texts, prompt: prompt.as_deref() };
             render::score(out, format, &score::run(m, &req)?)?;
         }
         Command::Sample(args) => {

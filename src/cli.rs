@@ -114,7 +114,7 @@ pub enum Command {
     #[command(after_help = example(&["generate \"The capital of Finland is\" --max-new-tokens 20", "generate \"The capital of Finland is\" --sample --seed 42 --top-k 40", "generate --chat \"Which city is the capital of Finland?\""]))]
     Generate(GenerateArgs),
     /// How likely the model finds a text: every token's log-probability, rank and surprisal
-    #[command(after_help = example(&["score --prompt \"The capital of Finland is\" \" Helsinki.\" \" Stockholm.\""]))]
+    #[command(after_help = example(&["score --prompt \"The capital of Finland is\" \" Helsinki.\" \" Stockholm.\"", "score --chat --prompt \"Which city is the capital of Finland?\" \"Helsinki.\" \"Stockholm.\""]))]
     Score(ScoreArgs),
     /// One sampling step taken apart: temperature, top-k, top-p and the random draw
     #[command(after_help = example(&["sample \"The capital of Finland is\" --temperature 0.7 --top-k 50 --top-p 0.9 --seed 1"]))]
@@ -334,6 +334,11 @@ pub struct ScoreArgs {
     /// Score only what follows this prompt (its tokens are given, not scored)
     #[arg(long, value_name = "P")]
     pub prompt: Option<String>,
+
+    /// With --chat, the --prompt is the user's message in the model's chat template, and the
+    /// texts are scored as the assistant's answer to it
+    #[command(flatten)]
+    pub chat: ChatArgs,
 }
 
 /// `--rows N` or `--rows all`.

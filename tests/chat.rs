@@ -202,6 +202,30 @@ fn the_inspection_commands_run_on_the_chat_prompt() {
     assert!(err.contains("--chat") && err.contains("--ids"), "{err}");
 }
 
+/// `score --chat` scores its texts as the assistant's answer: after the --prompt rendered in the
+/// template, exactly as `score --prompt` with the rendered text; without a --prompt it says so.
+#[test]
+fn score_chat_scores_the_answer_after_the_rendered_question() {
+    let model = real_model();
+    let m = model.to_str().unwrap();
+    let r = reference();
+    let case = &r["smollm2"][0];
+    let user = case["user"].as_str().unwrap();
+    let rendered = case["text"].as_str().unwrap();
+    let chat =
+        lmscope_json(&["--model", m, "score", "--chat", "--prompt", user, "Helsinki.", "Oslo."]);
+    let plain = lmscope_json(&["--model", m, "score", "--prompt", rendered, "Helsinki.", "Oslo."]);
+    assert_eq!(chat, plain);
+    assert_eq!(chat["prompt"], rendered);
+    let want = ids(&case["ids"]);
+    let first = &chat["candidates"][0];
+    let scored: Vec<u64> = ids(&first["ids"]);
+    assert_eq!(&scored[..want.len()], &want[..], "the rendered prompt's ids come first");
+    let err = lmscope_err(&["--model", m, "score", "--chat", "Helsinki."]);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("--prompt") && err.contains("--chat"), "{err}");
+}
+
 /// A model without a chat template: one line naming the model, suggesting to drop --chat.
 #[test]
 fn a_model_without_a_template_says_so() {

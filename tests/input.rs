@@ -341,4 +341,25 @@ fn argmax_and_generate_shorten_a_long_prompt_they_echo() {
     // A short prompt is echoed whole.
     let out = stdout(&["--model", &t, "argmax", TEXT]);
     assert!(out.contains(&format!("text: {TEXT}")), "{out}");
+    // sample echoes the context of every step, and the text at the end, the same way.
+    let sample = ["--model", &t, "sample", &long, "--steps", "2", "--seed", "1", "--rows", "3"];
+    let out = stdout(&sample);
+    let steps: Vec<&str> = out.lines().filter(|l| l.starts_with("step ")).collect();
+    assert_eq!(steps.len(), 2, "{out}");
+    for line in steps
+        .iter()
+        .chain(out.lines().filter(|l| l.starts_with("text: ")).take(1).collect::<Vec<_>>().iter())
+    {
+        assert!(line.contains(&marker) && line.len() < long.len(), "{line}");
+    }
+    assert!(out.lines().any(|l| l.starts_with("text: one two three")), "{out}");
+    let doc = lmscope_json(&sample);
+    assert_eq!(doc["prompt"], long.as_str());
+    assert!(doc["text"].as_str().unwrap().starts_with(&long));
+    let out = stdout(&["--model", &t, "sample", TEXT, "--seed", "1"]);
+    assert!(
+        out.contains(&format!("step 1: the next token after {TEXT:?}")) || out.contains(TEXT),
+        "{out}"
+    );
+    assert!(!out.contains("left out ..."), "{out}");
 }

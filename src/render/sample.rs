@@ -80,9 +80,9 @@ fn step(s: &mut String, r: &SampleReport, st: &SampleStep) {
     }
 }
 
-/// The bytes before a step: the prompt and the tokens drawn so far.
+/// The bytes before a step: the prompt (a long one shortened) and the tokens drawn so far.
 fn context(r: &SampleReport, st: &SampleStep) -> Vec<u8> {
-    let mut text = r.prompt.as_bytes().to_vec();
+    let mut text = r.prompt_shown.as_bytes().to_vec();
     for earlier in &r.steps[..st.step - 1] {
         text.extend_from_slice(&earlier.bytes);
     }
@@ -107,7 +107,13 @@ pub fn sample(out: &mut dyn Write, format: Format, r: &SampleReport) -> Result<(
         if r.stopped == "eos" {
             s += "stopped: an end-of-sequence token was drawn (--ignore-eos goes on)\n";
         }
-        let _ = writeln!(s, "text: {}", r.text);
+        if r.prompt_shown == r.prompt {
+            let _ = writeln!(s, "text: {}", r.text);
+        } else {
+            // A long prompt, shortened as in each step's line; the drawn tokens after it.
+            let drawn: Vec<u8> = r.steps.iter().flat_map(|st| st.bytes.iter().copied()).collect();
+            let _ = writeln!(s, "text: {}{}", r.prompt_shown, String::from_utf8_lossy(&drawn));
+        }
         s += SAMPLE_NOTES;
         s
     })

@@ -35,6 +35,10 @@ pub struct SampleReport {
     pub text: String,
     /// "eos" or "steps".
     pub stopped: &'static str,
+    /// The prompt as the table echoes it: a long prompt shortened, as `argmax` and `generate`
+    /// echo it (`generate::echo`; the JSON has the whole prompt).
+    #[serde(skip)]
+    pub prompt_shown: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -163,6 +167,7 @@ pub fn run(m: &LoadedModel, req: &SampleRequest) -> Result<SampleReport> {
     let all: Vec<u32> = prompt_ids.iter().chain(&new_ids).copied().collect();
     Ok(SampleReport {
         prompt: req.prompt.text(&m.tokenizer)?,
+        prompt_shown: super::generate::echo(&m.tokenizer, req.prompt)?,
         text: m.tokenizer.decode(&all)?,
         prompt_ids,
         temperature: req.settings.temperature,
