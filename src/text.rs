@@ -33,9 +33,41 @@ pub fn number(x: f64) -> String {
     }
 }
 
+/// Prose wrapped at `width` columns on its spaces (a word longer than the width stands on a line
+/// of its own): for the notes under a table, which a terminal would otherwise break mid-word.
+pub fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let len = word.chars().count();
+        if line > 0 && line + 1 + len > width {
+            out.push('\n');
+            line = 0;
+        } else if line > 0 {
+            out.push(' ');
+            line += 1;
+        }
+        out += word;
+        line += len;
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::number;
+
+    #[test]
+    fn prose_wraps_on_spaces_within_the_width() {
+        use super::wrap;
+        let text = "log-prob: natural log of p; bits: the surprisal -log2 p; rank 1 = the top";
+        let wrapped = wrap(text, 30);
+        assert!(wrapped.lines().all(|l| l.chars().count() <= 30), "{wrapped}");
+        assert_eq!(wrapped.replace('\n', " "), text);
+        assert_eq!(wrap("short", 30), "short");
+        assert_eq!(wrap("a-very-long-word b", 5), "a-very-long-word\nb");
+        assert_eq!(wrap("", 10), "");
+    }
 
     #[test]
     fn numbers_as_typed() {

@@ -89,7 +89,7 @@ fn context(r: &SampleReport, st: &SampleStep) -> Vec<u8> {
     text
 }
 
-pub const SAMPLE_NOTES: &str = "T=1, T=..: the model's probabilities and after temperature; top-k, top-p: after each filter, renormalised (- = removed); cum: running total of the top-k column, which top-p compares with p; the kept tokens lie end to end in id order on [0, 1), and the token whose interval holds u is drawn";
+pub const SAMPLE_NOTES: &str = "T=1, T=..: the model's probabilities and after temperature; top-k, top-p: after each filter, renormalised (- = removed); cum: running total of the top-k column, which top-p compares with p; the kept tokens lie end to end in id order from 0 to 1, and the token whose interval holds u is drawn";
 
 pub fn sample(out: &mut dyn Write, format: Format, r: &SampleReport) -> Result<()> {
     emit(out, format, r, || {
@@ -114,7 +114,7 @@ pub fn sample(out: &mut dyn Write, format: Format, r: &SampleReport) -> Result<(
             let drawn: Vec<u8> = r.steps.iter().flat_map(|st| st.bytes.iter().copied()).collect();
             let _ = writeln!(s, "text: {}{}", r.prompt_shown, String::from_utf8_lossy(&drawn));
         }
-        s += SAMPLE_NOTES;
+        s += &crate::text::wrap(SAMPLE_NOTES, super::score::NOTE_WIDTH);
         s
     })
 }

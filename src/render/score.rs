@@ -38,6 +38,9 @@ fn common_start<'a>(texts: &[&'a str]) -> &'a str {
     &first[..len]
 }
 
+/// The notes under the tables are wrapped at this many columns.
+pub const NOTE_WIDTH: usize = 80;
+
 const UNITS: &str = "log-prob: natural log of p; bits: the surprisal -log2 p; rank 1 = the model's top choice there; entropy: of the whole next-token distribution there, in bits";
 
 fn one(s: &mut String, r: &TextScore) {
@@ -143,7 +146,7 @@ pub fn score(out: &mut dyn Write, format: Format, r: &ScoreReport) -> Result<()>
                 }
             }
         }
-        s += UNITS;
+        s += &crate::text::wrap(UNITS, NOTE_WIDTH);
         s
     })
 }
