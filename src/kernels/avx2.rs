@@ -404,6 +404,100 @@ unsafe fn dot_rows_rounded_k<const K: u8, const M: usize, const H: u8>(
     }
 }
 
+/// `--quantized` on AVX2: `out[(j - first) * m + i] = W[j] . x[i]` in ggml's quantized
+/// arithmetic (the activations rounded to 8 bits per block, `vnni::Q8Rows`), for the rows j
+/// that `out` covers. The twin of `vnni::dot_rows` at AVX2: each block's integer dot product
+/// `sum(q_w * q_x)` from `vpmaddubsw` (pairs of u8 x i8 products, summed to 16 bits: at most
+/// 2 x 128 x 127, so never saturated) and `vpmaddwd` (pairs of those, to 32 bits): the same
+/// 8 lanes of 4-byte sums as VNNI's `vpdpbusd`, scaled by `d_w * d_x` in the same order, so
+/// equal to it bit for bit but for Q4_1's offsets (`m_w * s_x`, summed 8 blocks at a time).
+pub fn int8_dot_rows(w: &BlockMatrix, x: &super::vnni::Q8Rows, first: usize, out: &mut [f32]) {
+    assert!(available(), "the avx2 kernels need a CPU with AVX2, FMA and F16C");
+    // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+    unsafe {
+        match kind_id(w.kind) {
+            Q4_0 => int8_dot_rows_k::<Q4_0>(w, x, first, out),
+            Q4_1 => int8_dot_rows_k::<Q4_1>(w, x, first, out),
+            _ => int8_dot_rows_k::<Q8_0>(w, x, first, out),
+        }
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn int8_dot_rows_k<const K: u8>(
+    w: &BlockMatrix,
+    x: &super::vnni::Q8Rows,
+    first: usize,
+    out: &mut [f32],
+) {
+    let (k, m) = (w.cols, x.m);
+    assert!(x.k == k && m > 0);
+    let blocks = k / BLOCK;
+    let bb = w.kind.block_bytes();
+    let rb = blocks * bb;
+    let data = w.bytes.as_slice();
+    let rows = out.len() / m;
+    // Every pointer below stays inside these bounds (x's scales are padded to 16 blocks, the
+    // row's to 8, both with zeros).
+    assert!(out.len() == rows * m && (first + rows) * rb <= data.len());
+    assert!(x.q.len() == m * k && x.d.len() == m * x.stride && x.s.len() == m * x.stride);
+    let mut scales = RowScales::new(blocks);
+    assert!(scales.d.len() <= x.stride);
+    let mut dd = vec![0f32; x.stride]; // d_w * d_x per block
+    let ones = _mm256_set1_epi16(1);
+    for (local, outs) in out.chunks_exact_mut(m).enumerate() {
+        let row = data.as_ptr().add((first + local) * rb);
+        super::blocks::prefetch(data, (first + local + super::blocks::PREFETCH_ROWS) * rb, rb);
+        scales.read::<K>(row, blocks, bb);
+        for (i, o) in outs.iter_mut().enumerate() {
+            let xq = x.q.as_ptr().add(i * k);
+            let xd = x.d.as_ptr().add(i * x.stride);
+            for g in (0..blocks).step_by(8) {
+                let d = _mm256_mul_ps(
+                    _mm256_loadu_ps(scales.d.as_ptr().add(g)),
+                    _mm256_loadu_ps(xd.add(g)),
+                );
+                _mm256_storeu_ps(dd.as_mut_ptr().add(g), d);
+            }
+            // The block's scaled integer dot product, as 8 lanes of partial sums: u8 x i8
+            // multiplies (for signed weights, |w| times x with w's sign).
+            let block = |b: usize| {
+                let wq = super::vnni::weights::<K>(row.add(b * bb));
+                let xv = _mm256_loadu_si256(xq.add(b * BLOCK) as *const __m256i);
+                let pairs = if K == Q4_1 {
+                    _mm256_maddubs_epi16(wq, xv)
+                } else {
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(wq, wq), _mm256_sign_epi8(xv, wq))
+                };
+                let p = _mm256_madd_epi16(pairs, ones);
+                (_mm256_cvtepi32_ps(p), _mm256_broadcast_ss(&*dd.as_ptr().add(b)))
+            };
+            // Two accumulators (even and odd blocks), as the VNNI kernel.
+            let (mut even, mut odd) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            for b in (0..blocks).step_by(2) {
+                let (p, scale) = block(b);
+                even = _mm256_fmadd_ps(p, scale, even);
+                if b + 1 < blocks {
+                    let (p, scale) = block(b + 1);
+                    odd = _mm256_fmadd_ps(p, scale, odd);
+                }
+            }
+            let mut total = sum8(_mm256_add_ps(even, odd));
+            if K == Q4_1 {
+                // plus the sum over blocks of m_w * s_x, 8 blocks at a time
+                let xs = x.s.as_ptr().add(i * x.stride);
+                let mut t = _mm256_setzero_ps();
+                for g in (0..blocks).step_by(8) {
+                    let mw = _mm256_loadu_ps(scales.m.as_ptr().add(g));
+                    t = _mm256_fmadd_ps(mw, _mm256_loadu_ps(xs.add(g)), t);
+                }
+                total += sum8(t);
+            }
+            *o = total;
+        }
+    }
+}
+
 /// 8 floats on a 32-byte boundary: one register, loaded without splitting a cache line.
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]

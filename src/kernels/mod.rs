@@ -23,7 +23,7 @@
 //! | `avx2` | x86-64 with AVX2, FMA and F16C: the AVX-512 kernels' design at 8 lanes |
 //! | `avx512` | x86-64 with AVX-512 (F, BW) |
 //! | `amx` | long inputs on Intel's AMX tiles (Linux) |
-//! | `vnni` | `--quantized`: ggml's 8-bit arithmetic with AVX512-VNNI |
+//! | `vnni` | `--quantized`: ggml's 8-bit arithmetic with AVX512-VNNI (and its AVX2 twin in `avx2`) |
 //! | `neon` | aarch64 (Apple Silicon, ARM Linux) with NEON |
 //! | [`team`] | the threads of the parallel loops |
 
@@ -203,12 +203,13 @@ pub fn uses(level: Backend) -> bool {
     backend().includes(level)
 }
 
-/// Whether `--quantized` runs on lmscope's own 8-bit kernel here (AVX512-VNNI, on the avx512 and
-/// amx backends); else on candle's quantized matmul.
+/// Whether `--quantized` runs on lmscope's own 8-bit kernels here (AVX512-VNNI on the avx512 and
+/// amx backends where the CPU has it, else AVX2 on those and the avx2 backend); else on candle's
+/// quantized matmul, whose Q4_1 product is scalar code.
 pub fn has_int8_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if uses(Backend::Avx512) {
-        return vnni::available();
+    if uses(Backend::Avx2) {
+        return avx2::available();
     }
     false
 }

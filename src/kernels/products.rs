@@ -134,12 +134,18 @@ fn rounded_dot_products(
 }
 
 /// y_i = x @ W_i.T in ggml's quantized arithmetic (activations rounded to 8 bits per block;
-/// see `vnni.rs`), for `--quantized`. x: (m, cols) f32 -> (m, rows_i) each.
+/// see `vnni.rs`), for `--quantized`: with AVX512-VNNI on the avx512 and amx backends, else
+/// with AVX2 (`avx2::int8_dot_rows`). x: (m, cols) f32 -> (m, rows_i) each.
 #[cfg(target_arch = "x86_64")]
 pub fn matmul_t_int8_many(ws: &[&BlockMatrix], x: &Tensor) -> Result<Vec<Tensor>> {
+    let vnni = super::uses(Backend::Avx512) && super::vnni::available();
     products(ws, x, |x, m, k| {
         let q = super::vnni::Q8Rows::quantize(x, m, k);
-        by_rows(ws, m, |w, first, out| super::vnni::dot_rows(w, &q, first, out))
+        if vnni {
+            by_rows(ws, m, |w, first, out| super::vnni::dot_rows(w, &q, first, out))
+        } else {
+            by_rows(ws, m, |w, first, out| super::avx2::int8_dot_rows(w, &q, first, out))
+        }
     })
 }
 
@@ -561,7 +567,7 @@ mod tests {
         let y = matmul_t(&m, &x).unwrap();
         assert_eq!(y.dims(), [0, 37]);
         #[cfg(target_arch = "x86_64")]
-        if super::super::vnni::available() {
+        if super::super::has_int8_kernel() {
             let y = matmul_t_int8_many(&[&m], &x).unwrap().pop().unwrap();
             assert_eq!(y.dims(), [0, 37]);
         }

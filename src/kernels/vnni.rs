@@ -8,7 +8,8 @@
 //! candle's arithmetic, summed in another order, and differs from the exact path by the rounding
 //! of the activations. (Where ggml rounds s_x once, `f16(d * sum)` with the f32 d, candle rounds
 //! the sum to f16 and multiplies in f16; lmscope follows candle, which its tests compare with.) candle has no SIMD kernel for Q4_1 (its `vec_dot` is the scalar reference), which
-//! is why lmscope carries this one; other types and CPUs without AVX512-VNNI use candle's
+//! is why lmscope carries this one, and its AVX2 twin (`avx2::int8_dot_rows`, the same integer
+//! sums from `vpmaddubsw` and `vpmaddwd`) for CPUs without AVX512-VNNI; other CPUs use candle's
 //! `QMatMul`.
 
 use super::avx512::{RowScales, Q4_0, Q4_1, Q8_0};
@@ -26,17 +27,17 @@ pub fn available() -> bool {
 
 /// Input rows rounded to 8 bits per block of 32 values.
 pub struct Q8Rows {
-    m: usize,
-    k: usize,
+    pub(super) m: usize,
+    pub(super) k: usize,
     /// q, row-major (m, k)
-    q: Vec<i8>,
+    pub(super) q: Vec<i8>,
     /// Per row and block: d (an f16 value), at `i * stride + b`.
-    d: Vec<f32>,
+    pub(super) d: Vec<f32>,
     /// Per row and block: s = d * sum(q) as candle's Q8_1 stores it (`f16(sum) * d` in f16), at
     /// `i * stride + b`.
-    s: Vec<f32>,
+    pub(super) s: Vec<f32>,
     /// Blocks per row, rounded up to 16 (the padding is zero).
-    stride: usize,
+    pub(super) stride: usize,
 }
 
 impl Q8Rows {
@@ -87,8 +88,11 @@ pub fn dot_rows(w: &BlockMatrix, x: &Q8Rows, first: usize, out: &mut [f32]) {
 
 /// A block's 32 weights as bytes in one register, in the order of the Q8 activations: unsigned
 /// nibbles for Q4_1, signed values for Q4_0 (q - 8) and Q8_0.
+///
+/// # Safety
+/// `block` points at one whole block of type K; the caller is compiled with AVX2.
 #[inline(always)]
-unsafe fn weights<const K: u8>(block: *const u8) -> __m256i {
+pub(super) unsafe fn weights<const K: u8>(block: *const u8) -> __m256i {
     if K == Q8_0 {
         return _mm256_loadu_si256(block.add(2) as *const __m256i);
     }
@@ -181,17 +185,77 @@ unsafe fn dot_rows_k<const K: u8>(w: &BlockMatrix, x: &Q8Rows, first: usize, out
 mod tests {
     use super::*;
     use crate::kernels::blocks::quantized;
+    use crate::kernels::{with_backend, Backend};
     use candle_core::quantized::{GgmlDType, QMatMul};
     use candle_core::{Device, Module, Tensor};
 
+    /// The backends whose 8-bit kernel this CPU runs: avx2's, and avx512's VNNI one.
+    fn int8_backends() -> Vec<Backend> {
+        let mut backends = Vec::new();
+        if crate::kernels::avx2::available() {
+            backends.push(Backend::Avx2);
+        }
+        if available() {
+            backends.push(Backend::Avx512);
+        }
+        if backends.is_empty() {
+            eprintln!("no AVX2 on this CPU: --quantized uses candle's QMatMul here");
+        }
+        backends
+    }
+
     /// Same numbers as candle's QMatMul (the same integers, scales and f16 roundings; only the
-    /// order of the float additions differs).
+    /// order of the float additions differs), on both 8-bit kernels.
     #[test]
     fn equals_candles_quantized_matmul() {
+        for backend in int8_backends() {
+            with_backend(backend, equals_candles_quantized_matmul_on_this_backend);
+        }
+    }
+
+    /// The AVX2 kernel's integer sums are VNNI's: the products equal bit for bit but for Q4_1's
+    /// offsets, which are summed 8 blocks at a time instead of 16.
+    #[test]
+    fn the_avx2_kernel_equals_the_vnni_one() {
         if !available() {
-            eprintln!("no AVX512-VNNI on this CPU: --quantized uses candle's QMatMul here");
             return;
         }
+        for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
+            for (rows, cols) in [(300, 128), (37, 608), (5, 1536)] {
+                let (_, w) = quantized(kind, rows, cols);
+                for inputs in [1, 4, 9] {
+                    let x: Vec<f32> = (0..inputs * cols)
+                        .map(|i| ((i * 7919) % 251) as f32 / 40.0 - 3.1)
+                        .collect();
+                    let x = Tensor::from_vec(x, (inputs, cols), &Device::Cpu).unwrap();
+                    let run = |b| {
+                        with_backend(b, || {
+                            let y = crate::kernels::products::matmul_t_int8_many(&[&w], &x);
+                            y.unwrap().pop().unwrap().flatten_all().unwrap().to_vec1::<f32>()
+                        })
+                        .unwrap()
+                    };
+                    let (avx2, vnni) = (run(Backend::Avx2), run(Backend::Avx512));
+                    for (a, v) in avx2.iter().zip(&vnni) {
+                        if kind == GgmlDType::Q4_1 {
+                            assert!(
+                                (a - v).abs() <= 1e-5 * v.abs().max(1.0),
+                                "{kind:?}: {a} vs {v}"
+                            );
+                        } else {
+                            assert_eq!(
+                                a.to_bits(),
+                                v.to_bits(),
+                                "{kind:?} {rows}x{cols}: {a} vs {v}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn equals_candles_quantized_matmul_on_this_backend() {
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             // candle's Q4_1 reference needs an even number of blocks per row (debug-asserted).
             for (rows, cols) in [(300, 128), (37, 640)] {
@@ -228,9 +292,12 @@ mod tests {
     /// sum over blocks of sumi * d_w * d_x (+ m_w * s_x for Q4_1).
     #[test]
     fn odd_block_counts_follow_ggmls_formula() {
-        if !available() {
-            return;
+        for backend in int8_backends() {
+            with_backend(backend, odd_block_counts_follow_ggmls_formula_on_this_backend);
         }
+    }
+
+    fn odd_block_counts_follow_ggmls_formula_on_this_backend() {
         let (rows, cols) = (5, 608); // 19 blocks
         for kind in [GgmlDType::Q4_0, GgmlDType::Q4_1, GgmlDType::Q8_0] {
             let (_, w) = quantized(kind, rows, cols);
