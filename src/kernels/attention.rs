@@ -93,6 +93,7 @@ fn attention_f32(
     let blocks_per_head = t.div_ceil(ATTENTION_ROWS);
     // The row kernel, chosen here on the calling thread (see `with_backend`).
     let backend = super::backend();
+    let rounded_simd = round.and_then(|half| rounded_rows(backend, half.is_bf16()));
     // k and v as they are (a cache's buffers hold each head's s positions contiguously, with a
     // stride between heads); each KV head's keys transposed, (d, s): a query's scores are then
     // sums of whole rows of keys scaled by its values, s at a time, instead of s short dot
@@ -135,29 +136,9 @@ fn attention_f32(
             let queries = &q[at * d..end * d];
             let masks = mask.map(|m| &m[first * s..(first + rows) * s]);
             match backend {
-                #[cfg(target_arch = "x86_64")]
-                Backend::Avx512 | Backend::Amx if round.is_some() => {
-                    let rows_rounded = match round {
-                        Some(Half::Bf16) => super::avx512::attention_rows_rounded::<true>,
-                        _ => super::avx512::attention_rows_rounded::<false>,
-                    };
-                    rows_rounded(rows, queries, keys_t, values, masks, scale, p, o)
-                }
-                #[cfg(target_arch = "x86_64")]
-                Backend::Avx2 if round.is_some() => {
-                    let rows_rounded = match round {
-                        Some(Half::Bf16) => super::avx2::attention_rows_rounded::<true>,
-                        _ => super::avx2::attention_rows_rounded::<false>,
-                    };
-                    rows_rounded(rows, queries, keys_t, values, masks, scale, p, o)
-                }
-                #[cfg(target_arch = "aarch64")]
-                Backend::Neon if round.is_some() => {
-                    let rows_rounded = match round {
-                        Some(Half::Bf16) => super::neon::attention_rows_rounded::<true>,
-                        _ => super::neon::attention_rows_rounded::<false>,
-                    };
-                    rows_rounded(rows, queries, keys_t, values, masks, scale, p, o)
+                _ if rounded_simd.is_some() => {
+                    let kernel = rounded_simd.expect("checked by the guard");
+                    kernel(rows, queries, keys_t, values, masks, scale, p, o)
                 }
                 _ if round.is_some() => {
                     let row = match round {
@@ -221,6 +202,28 @@ fn attention_f32(
         Tensor::from_vec(out, (b, t, h, d), device)?.transpose(1, 2)?, // (b, h, t, d)
         probs.map(|p| Tensor::from_vec(p, (b, h, t, s), device)).transpose()?,
     ))
+}
+
+/// The backend's SIMD attention rows in the 16-bit mode (bf16 or f16), if it has them.
+fn rounded_rows(backend: Backend, bf16: bool) -> Option<portable::AttentionRows> {
+    macro_rules! pick {
+        ($arch:ident) => {
+            Some(if bf16 {
+                super::$arch::attention_rows_rounded::<true>
+            } else {
+                super::$arch::attention_rows_rounded::<false>
+            })
+        };
+    }
+    match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx512 | Backend::Amx => pick!(avx512),
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => pick!(avx2),
+        #[cfg(target_arch = "aarch64")]
+        Backend::Neon => pick!(neon),
+        _ => None,
+    }
 }
 
 thread_local! {

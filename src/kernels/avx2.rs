@@ -749,6 +749,7 @@ unsafe fn rms_norm_row_k(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     }
 }
 
+#[cfg(test)]
 use super::portable::QUERY_BLOCK as ATTENTION_ROWS;
 
 /// Keys (for the scores) and values (for the outputs) per step of [`attention_rows`]: two
@@ -774,7 +775,8 @@ pub fn attention_rows(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    assert!(available());
+    let (s, d) = super::portable::attention_sizes(rows, queries, keys_t, values, masks, probs, out);
     let args = (queries, keys_t, values, masks, scale);
     // SAFETY: the CPU has AVX2 and FMA (checked above) and the lengths match (asserted above).
     unsafe {
@@ -803,7 +805,8 @@ pub fn attention_rows_rounded<const BF16: bool>(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    assert!(available());
+    let (s, d) = super::portable::attention_sizes(rows, queries, keys_t, values, masks, probs, out);
     let args = (queries, keys_t, values, masks, scale);
     // SAFETY: as in `attention_rows`.
     unsafe {
@@ -818,25 +821,6 @@ pub fn attention_rows_rounded<const BF16: bool>(
             (_, false) => attention_rows_k::<4, FLOAT16>(args, s, d, probs, out),
         }
     }
-}
-
-/// The keys' and the head's sizes (s, d) of an [`attention_rows`] call, once its slices are
-/// checked against each other (and the CPU against the kernels).
-fn attention_sizes(
-    rows: usize,
-    queries: &[f32],
-    keys_t: &[f32],
-    values: &[f32],
-    masks: Option<&[f32]>,
-    probs: &[f32],
-    out: &[f32],
-) -> (usize, usize) {
-    assert!(available() && (1..=ATTENTION_ROWS).contains(&rows));
-    let (s, d) = (probs.len() / rows, out.len() / rows);
-    assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
-    assert!(keys_t.len() == d * s && values.len() == s * d);
-    assert!(masks.is_none_or(|m| m.len() == rows * s));
-    (s, d)
 }
 
 /// What [`attention_rows_k`] rounds its steps to: nothing (f32), bfloat16 or float16.

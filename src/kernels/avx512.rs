@@ -693,8 +693,6 @@ unsafe fn silu_mul_k(gate: &[f32], up: &[f32], out: &mut [f32]) {
     }
 }
 
-use super::portable::QUERY_BLOCK as ATTENTION_ROWS;
-
 /// Attention for `rows` (at most `portable::QUERY_BLOCK` = 4) queries of one head (see
 /// `attention.rs`): `probs[r][j] = softmax_j(q_r . k_j * scale + mask[r][j])` and
 /// `out[r] = sum over j of probs[r][j] v_j`. queries (rows, d), keys_t (d, s) the keys
@@ -713,7 +711,8 @@ pub fn attention_rows(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    assert!(available());
+    let (s, d) = super::portable::attention_sizes(rows, queries, keys_t, values, masks, probs, out);
     let args = (queries, keys_t, values, masks, scale);
     // SAFETY: the CPU has AVX-512 (checked above) and the lengths match (asserted above).
     unsafe {
@@ -741,7 +740,8 @@ pub fn attention_rows_rounded<const BF16: bool>(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    assert!(available());
+    let (s, d) = super::portable::attention_sizes(rows, queries, keys_t, values, masks, probs, out);
     let args = (queries, keys_t, values, masks, scale);
     // SAFETY: as in `attention_rows`.
     unsafe {
@@ -756,25 +756,6 @@ pub fn attention_rows_rounded<const BF16: bool>(
             (_, false) => attention_rows_k::<4, FLOAT16>(args, s, d, probs, out),
         }
     }
-}
-
-/// The keys' and the head's sizes (s, d) of an [`attention_rows`] call, once its slices are
-/// checked against each other (and the CPU against the kernels).
-fn attention_sizes(
-    rows: usize,
-    queries: &[f32],
-    keys_t: &[f32],
-    values: &[f32],
-    masks: Option<&[f32]>,
-    probs: &[f32],
-    out: &[f32],
-) -> (usize, usize) {
-    assert!(available() && (1..=ATTENTION_ROWS).contains(&rows));
-    let (s, d) = (probs.len() / rows, out.len() / rows);
-    assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
-    assert!(keys_t.len() == d * s && values.len() == s * d);
-    assert!(masks.is_none_or(|m| m.len() == rows * s));
-    (s, d)
 }
 
 /// What [`attention_rows_k`] rounds its steps to: nothing (f32), bfloat16 or float16.

@@ -27,6 +27,7 @@ use super::blocks::{prefetch, BlockMatrix, BlockType, BLOCK, PREFETCH_ROWS};
 use super::half_precision::{self, Half};
 #[cfg(test)]
 use super::portable;
+#[cfg(test)]
 use super::portable::QUERY_BLOCK;
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -630,9 +631,10 @@ pub fn attention_rows(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    assert!(available());
+    let (s, d) = super::portable::attention_sizes(rows, queries, keys_t, values, masks, probs, out);
     let args = (queries, keys_t, values, masks, scale);
-    // SAFETY: the CPU has NEON and the lengths match (both asserted by attention_sizes).
+    // SAFETY: the CPU has NEON and the lengths match (both asserted above).
     unsafe {
         match rows {
             1 => attention_rows_k::<1, F32>(args, s, d, probs, out),
@@ -659,7 +661,8 @@ pub fn attention_rows_rounded<const BF16: bool>(
     probs: &mut [f32],
     out: &mut [f32],
 ) {
-    let (s, d) = attention_sizes(rows, queries, keys_t, values, masks, probs, out);
+    assert!(available());
+    let (s, d) = super::portable::attention_sizes(rows, queries, keys_t, values, masks, probs, out);
     let args = (queries, keys_t, values, masks, scale);
     // SAFETY: as in `attention_rows`.
     unsafe {
@@ -674,25 +677,6 @@ pub fn attention_rows_rounded<const BF16: bool>(
             (_, false) => attention_rows_k::<4, FLOAT16>(args, s, d, probs, out),
         }
     }
-}
-
-/// The keys' and the head's sizes (s, d) of an [`attention_rows`] call, once its slices are
-/// checked against each other (and the CPU against the kernels).
-fn attention_sizes(
-    rows: usize,
-    queries: &[f32],
-    keys_t: &[f32],
-    values: &[f32],
-    masks: Option<&[f32]>,
-    probs: &[f32],
-    out: &[f32],
-) -> (usize, usize) {
-    assert!(available() && (1..=QUERY_BLOCK).contains(&rows));
-    let (s, d) = (probs.len() / rows, out.len() / rows);
-    assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
-    assert!(keys_t.len() == d * s && values.len() == s * d);
-    assert!(masks.is_none_or(|m| m.len() == rows * s));
-    (s, d)
 }
 
 type AttentionArgs<'a> = (&'a [f32], &'a [f32], &'a [f32], Option<&'a [f32]>, f32);

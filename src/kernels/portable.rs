@@ -244,8 +244,28 @@ pub fn softmax(row: &mut [f32]) {
     row.iter_mut().for_each(|v| *v /= sum);
 }
 
+/// The keys' and the head's sizes (s, d) of a SIMD kernel's attention-rows call (1 to
+/// [`QUERY_BLOCK`] queries), once its slices are checked against each other: queries (rows, d),
+/// keys_t (d, s), values (s, d), masks (rows, s), probs (rows, s), out (rows, d). The SIMD kernels
+/// read through raw pointers within these sizes.
+pub fn attention_sizes(
+    rows: usize,
+    queries: &[f32],
+    keys_t: &[f32],
+    values: &[f32],
+    masks: Option<&[f32]>,
+    probs: &[f32],
+    out: &[f32],
+) -> (usize, usize) {
+    assert!((1..=QUERY_BLOCK).contains(&rows));
+    let (s, d) = (probs.len() / rows, out.len() / rows);
+    assert!(probs.len() == rows * s && out.len() == rows * d && queries.len() == rows * d);
+    assert!(keys_t.len() == d * s && values.len() == s * d);
+    assert!(masks.is_none_or(|m| m.len() == rows * s));
+    (s, d)
+}
+
 /// A SIMD kernel's attention rows: (rows, queries, keys_t, values, masks, scale, probs, out).
-#[cfg(test)]
 pub type AttentionRows =
     fn(usize, &[f32], &[f32], &[f32], Option<&[f32]>, f32, &mut [f32], &mut [f32]);
 
