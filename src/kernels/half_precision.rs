@@ -112,21 +112,13 @@ pub fn values_f32(t: &Tensor) -> Option<Vec<f32>> {
 /// for any other tensor. Candle's `to_dtype` walks such a strided view value by value on one
 /// thread: for the whole cache at every decoding step, that was a tenth of a bf16 decode.
 pub fn heads_f32(t: &Tensor) -> Option<Tensor> {
-    let (b, heads, s, d) = t.dims4().ok()?;
-    let (storage, layout) = t.storage_and_layout();
-    let stride = layout.stride();
-    let rows_contiguous = (s <= 1 || stride[2] == d) && (d <= 1 || stride[3] == 1);
-    let heads_even = b <= 1 || stride[0] == heads * stride[1];
-    if !rows_contiguous || !heads_even || t.elem_count() == 0 {
-        return None;
-    }
-    let start = layout.start_offset();
-    let head_stride = if b * heads > 1 { stride[1] } else { s * d };
-    let end = start + (b * heads - 1) * head_stride + s * d;
-    let head = s * d;
+    let super::rows::HeadsLayout { heads, start, head_stride, end } =
+        super::rows::HeadsLayout::of(t)?;
+    let head = t.elem_count() / heads;
     let widen = |src: &(dyn Fn(usize, &mut [f32]) + Sync)| {
-        super::team::chunks_f32(b * heads * head, head, |i, out| src(start + i * head_stride, out))
+        super::team::chunks_f32(heads * head, head, |i, out| src(start + i * head_stride, out))
     };
+    let (storage, _) = t.storage_and_layout();
     let values = match &*storage {
         candle_core::Storage::Cpu(candle_core::CpuStorage::BF16(v)) if end <= v.len() => {
             widen(&|at, out| v[at..at + out.len()].convert_to_f32_slice(out))
@@ -136,7 +128,7 @@ pub fn heads_f32(t: &Tensor) -> Option<Tensor> {
         }
         _ => return None,
     };
-    Tensor::from_vec(values, (b, heads, s, d), t.device()).ok()
+    Tensor::from_vec(values, t.dims(), t.device()).ok()
 }
 
 /// A tensor of the dtype from values already on its grid (each narrowed exactly; a value that is

@@ -186,22 +186,44 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Option<Tensor>> {
 /// in a contiguous tensor or a KV cache's buffer cut to its first s positions (no copy); None
 /// for any other tensor.
 pub fn with_heads_f32<R>(t: &Tensor, f: impl FnOnce((&[f32], usize)) -> R) -> Option<R> {
-    let (b, heads, s, d) = t.dims4().ok()?;
-    let (storage, layout) = t.storage_and_layout();
-    let stride = layout.stride();
-    let rows_contiguous = (s <= 1 || stride[2] == d) && (d <= 1 || stride[3] == 1);
-    let heads_even = b <= 1 || stride[0] == heads * stride[1];
-    if t.dtype() != DType::F32 || !rows_contiguous || !heads_even || t.elem_count() == 0 {
+    if t.dtype() != DType::F32 {
         return None;
     }
-    let start = layout.start_offset();
-    let head_stride = if b * heads > 1 { stride[1] } else { s * d };
-    let end = start + (b * heads - 1) * head_stride + s * d;
+    let HeadsLayout { start, head_stride, end, .. } = HeadsLayout::of(t)?;
+    let (storage, _) = t.storage_and_layout();
     match &*storage {
         candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)) if end <= v.len() => {
             Some(f((&v[start..end], head_stride)))
         }
         _ => None,
+    }
+}
+
+/// Where the heads of a (b, heads, s, d) tensor lie in its storage, when each head holds its
+/// s x d values contiguously and the heads are one stride apart (a contiguous tensor, or a KV
+/// cache's buffers cut to their first s positions): head i at `start + i * head_stride`, all of
+/// them before `end`. None for any other layout, or no values.
+pub struct HeadsLayout {
+    pub heads: usize,
+    pub start: usize,
+    pub head_stride: usize,
+    pub end: usize,
+}
+
+impl HeadsLayout {
+    pub fn of(t: &Tensor) -> Option<HeadsLayout> {
+        let (b, heads, s, d) = t.dims4().ok()?;
+        let layout = t.layout();
+        let stride = layout.stride();
+        let rows_contiguous = (s <= 1 || stride[2] == d) && (d <= 1 || stride[3] == 1);
+        let heads_even = b <= 1 || stride[0] == heads * stride[1];
+        if !rows_contiguous || !heads_even || t.elem_count() == 0 {
+            return None;
+        }
+        let start = layout.start_offset();
+        let head_stride = if b * heads > 1 { stride[1] } else { s * d };
+        let end = start + (b * heads - 1) * head_stride + s * d;
+        Some(HeadsLayout { heads: b * heads, start, head_stride, end })
     }
 }
 
