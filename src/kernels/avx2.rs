@@ -597,7 +597,10 @@ unsafe fn panel_rows_k<const K: u8, const H: u8>(
                 row.fill(0.0);
             }
         }
-        let wp: [*const f32; NR] = std::array::from_fn(|r| panel.as_ptr().add(r * k));
+        // Opaque to the optimiser, so that the tile holds six base registers and one index
+        // instead of working out the rows' addresses from one base at every step.
+        let wp: [*const f32; NR] =
+            std::hint::black_box(std::array::from_fn(|r| panel.as_ptr().add(r * k)));
         for g in 0..groups {
             let xp = packed.as_ptr().add(g * k * MR);
             let rows = MR.min(m - g * MR);
@@ -611,8 +614,7 @@ unsafe fn panel_rows_k<const K: u8, const H: u8>(
             // Written row by row: each input's nr results are neighbours in the output.
             #[allow(clippy::needless_range_loop)] // i indexes the second dimension of columns
             for i in 0..rows {
-                let run: [f32; NR] = std::array::from_fn(|r| columns[r][i]);
-                out.set_run_of(g * MR + i, p0, &run, nr);
+                out.set_each::<NR>(g * MR + i, p0, nr, |r| columns[r][i]);
             }
         }
     }

@@ -463,38 +463,28 @@ impl Columns<'_> {
         _mm512_mask_storeu_ps(dst.wrapping_add(16), mask(len.saturating_sub(16)), b);
     }
 
-    /// out[i][first + c..first + c + values.len()] = values: a copy of a length known when
-    /// compiling for a whole panel's run (a few register moves), else a call to memcpy, whose
-    /// cost for 6 values was 5-8 % of a prefill.
+    /// out[i][first + c + r] = value(r) for r < len (at most N): one store per value, straight
+    /// from where `value` reads it. Gathering a run into an array first and copying that costs
+    /// a failed store-to-load forward per row (the copy's wide loads span several of the
+    /// array's narrow stores).
     #[inline(always)]
-    pub(super) fn set_run_of<const N: usize>(
+    pub(super) fn set_each<const N: usize>(
         &mut self,
         i: usize,
         c: usize,
-        values: &[f32; N],
         len: usize,
+        value: impl Fn(usize) -> f32,
     ) {
-        if len == N {
-            assert!(i < self.m && c + N <= self.len);
-            // SAFETY: as in `set_run`.
-            unsafe {
-                let dst = self.ptr.add(i * self.n + self.first + c) as *mut [f32; N];
-                dst.write_unaligned(*values);
-            }
-        } else {
-            self.set_run(i, c, &values[..len]);
-        }
-    }
-
-    /// out[i][first + c..first + c + values.len()] = values
-    #[inline(always)]
-    pub(super) fn set_run(&mut self, i: usize, c: usize, values: &[f32]) {
-        assert!(i < self.m && c + values.len() <= self.len);
+        assert!(i < self.m && len <= N && c + len <= self.len);
         // SAFETY: in bounds of the (m, n) matrix (checked above and in column_windows), and in
         // this window's columns, which no other window writes.
         unsafe {
             let dst = self.ptr.add(i * self.n + self.first + c);
-            std::ptr::copy_nonoverlapping(values.as_ptr(), dst, values.len());
+            for r in 0..N {
+                if r < len {
+                    *dst.add(r) = value(r);
+                }
+            }
         }
     }
 }
@@ -596,7 +586,10 @@ unsafe fn panel_rows_k<const K: u8, const R: u8>(
                 row.fill(0.0);
             }
         }
-        let wp: [*const f32; NR] = std::array::from_fn(|r| panel.as_ptr().add(r * k));
+        // Opaque to the optimiser, so that the tile holds six base registers and one index
+        // instead of working out the rows' addresses from one base at every step.
+        let wp: [*const f32; NR] =
+            std::hint::black_box(std::array::from_fn(|r| panel.as_ptr().add(r * k)));
         for g in 0..groups {
             let xp = packed.as_ptr().add(g * k * MR);
             let rows = MR.min(out.m - g * MR);
@@ -611,8 +604,7 @@ unsafe fn panel_rows_k<const K: u8, const R: u8>(
             // short run per row instead of nr scattered writes).
             #[allow(clippy::needless_range_loop)] // i indexes the second dimension of columns
             for i in 0..rows {
-                let run: [f32; NR] = std::array::from_fn(|r| columns[r][i]);
-                out.set_run_of(g * MR + i, p0, &run, nr);
+                out.set_each::<NR>(g * MR + i, p0, nr, |r| columns[r][i]);
             }
         }
     }
