@@ -50,11 +50,28 @@ pub fn wrap(text: &str, width: usize) -> String {
         out += word;
         line += len;
     }
-    out
+    out.replace('\0', " ")
+}
+
+/// [`visible`] text as one word for [`wrap`], which never breaks it nor merges its runs of
+/// spaces: its spaces become NULs (which `{:?}` never leaves in its output), and `wrap` turns
+/// them back into spaces.
+pub fn unbroken(visible: &str) -> String {
+    visible.replace(' ', "\0")
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn wrap_keeps_unbroken_text_whole() {
+        let quoted = super::unbroken(&super::visible("a  b c"));
+        let text = format!("scoring {quoted} after the prompt and more words here");
+        let wrapped = super::wrap(&text, 20);
+        assert_eq!(wrapped, "scoring \"a  b c\"\nafter the prompt and\nmore words here");
+        // Nothing to keep: the words of prose, at most 20 columns a line.
+        assert!(super::wrap("one two three four five six", 9).lines().all(|l| l.len() <= 9));
+    }
+
     use super::number;
 
     #[test]

@@ -2,7 +2,7 @@
 
 use super::{emit, right, table, Format};
 use crate::stages::score::{ScoreReport, TextScore};
-use crate::text::{count, visible, visible_bytes};
+use crate::text::{count, unbroken, visible, visible_bytes, wrap};
 use anyhow::Result;
 use std::fmt::Write as _;
 use std::io::Write;
@@ -47,23 +47,24 @@ fn one(s: &mut String, r: &TextScore) {
     let scored = count(r.tokens.len(), "token");
     match &r.prompt {
         Some(p) => {
-            let _ = writeln!(
-                s,
+            let line = format!(
                 "scoring {} after the prompt {} ({} given, not scored)",
-                visible(&r.text),
-                visible(p),
+                unbroken(&visible(&r.text)),
+                unbroken(&visible(p)),
                 count(r.unscored.len(), "token")
             );
+            let _ = writeln!(s, "{}", wrap(&line, NOTE_WIDTH));
         }
         None => {
             let first = &r.unscored[0];
-            let _ = writeln!(
-                s,
-                "scoring {} ({scored} after the first)\nthe first token {} (id {}) is not scored: nothing precedes it (no BOS token is added), so the model makes no prediction for it",
-                visible(&r.text),
-                visible(&first.text),
+            let line =
+                format!("scoring {} ({scored} after the first)", unbroken(&visible(&r.text)));
+            let why = format!(
+                "the first token {} (id {}) is not scored: nothing precedes it (no BOS token is added), so the model makes no prediction for it",
+                unbroken(&visible(&first.text)),
                 first.id
             );
+            let _ = writeln!(s, "{}\n{}", wrap(&line, NOTE_WIDTH), wrap(&why, NOTE_WIDTH));
         }
     }
     let mut t = table(&["pos", "token", "log-prob", "prob", "bits", "rank", "top", "entropy"]);
@@ -81,14 +82,15 @@ fn one(s: &mut String, r: &TextScore) {
     }
     right(&mut t, &[0, 2, 3, 4, 5, 7]);
     let _ = writeln!(s, "{t}");
-    let _ = writeln!(
-        s,
-        "total log-prob {:.4} over {scored} (p = {:.4e}), mean {:.4}, perplexity {:.2}",
-        r.total_logprob,
-        r.total_logprob.exp(),
-        r.mean_logprob,
-        r.perplexity
+    // Each figure stays on one line with its name.
+    let total = format!(
+        "total {} over {scored} {} {} {}",
+        unbroken(&format!("log-prob {:.4}", r.total_logprob)),
+        unbroken(&format!("(p = {:.4e}),", r.total_logprob.exp())),
+        unbroken(&format!("mean {:.4},", r.mean_logprob)),
+        unbroken(&format!("perplexity {:.2}", r.perplexity))
     );
+    let _ = writeln!(s, "{}", wrap(&total, NOTE_WIDTH));
 }
 
 pub fn score(out: &mut dyn Write, format: Format, r: &ScoreReport) -> Result<()> {
@@ -146,7 +148,7 @@ pub fn score(out: &mut dyn Write, format: Format, r: &ScoreReport) -> Result<()>
                 }
             }
         }
-        s += &crate::text::wrap(UNITS, NOTE_WIDTH);
+        s += &wrap(UNITS, NOTE_WIDTH);
         s
     })
 }
